@@ -1,0 +1,376 @@
+"""HDF5 episode store in the LeWM / stable-worldmodel layout.
+
+One file; every column (``pixels`` ``(N, H, W, 3)`` uint8, ``action`` ``(N, A)`` float32, optional
+``proprio``, ``state``, ``goal_state``, ...) is a top-level dataset with all episodes concatenated on
+axis 0, and ``ep_len`` (int32) / ``ep_offset`` (int64) index the episodes. Row t of ``action`` is the
+action taken after observation t; the last row of an episode is NaN. File attributes: ``action_space``
+(:class:`~lewm_agent.spaces.ActionSpec` JSON), ``env_id``, ``format_version``. The official datasets
+use this layout and load unchanged.
+
+Crash safety: :class:`EpisodeWriter` writes an episode's column rows first and its index entry last,
+then flushes, so a writer killed at any moment leaves every finished episode readable; rows past the
+last indexed episode are ignored by readers and overwritten when the file is reopened for appending.
+The file is written with HDF5's default (oldest) format on purpose: files written with
+``libver="latest"`` keep an "open for writing" flag after a crash and then refuse to open at all
+until the ``h5clear`` tool is run on them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from lewm_agent.spaces import ActionSpec
+
+FORMAT_VERSION = 1
+INDEX_COLUMNS = ("ep_len", "ep_offset")
+REQUIRED_COLUMNS = ("pixels", "action")
+WRITE_MODES = ("append", "overwrite", "error")
+_CHUNK_BYTES = 1 << 16  # low-dimensional columns: ~64 KiB chunks; images: one frame per chunk
+_READ_CACHE_BYTES = 64 << 20  # HDF5 chunk cache per open reader
+
+# column name -> (shape of one row, dtype)
+Schema = dict[str, tuple[tuple[int, ...], np.dtype]]
+
+
+def _is_image(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    return dtype == np.uint8 and len(shape) == 3 and shape[-1] in (1, 3)
+
+
+def _chunk_rows(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    # One frame per image chunk, as in the official files: a training window reads frames that are
+    # `frameskip` rows apart, so larger image chunks would mostly read frames nobody asked for.
+    if _is_image(shape, dtype):
+        return 1
+    row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    return max(1, min(4096, _CHUNK_BYTES // row_bytes))
+
+
+def _attr_str(attrs: h5py.AttributeManager, key: str) -> str | None:
+    value = attrs.get(key)
+    return value.decode() if isinstance(value, bytes) else (None if value is None else str(value))
+
+
+def _schema_of(f: h5py.File) -> Schema:
+    return {
+        name: (tuple(obj.shape[1:]), obj.dtype)
+        for name, obj in f.items()
+        if isinstance(obj, h5py.Dataset) and name not in INDEX_COLUMNS
+    }
+
+
+def _indexed(f: h5py.File) -> tuple[np.ndarray, np.ndarray]:
+    """``(ep_len, ep_offset)`` of the finished episodes. The two can differ in length only when a
+    writer died between appending one and the other; that last entry is then not an episode."""
+    n = min(len(f["ep_len"]), len(f["ep_offset"]))
+    return f["ep_len"][:n].astype(np.int64), f["ep_offset"][:n].astype(np.int64)
+
+
+def _format_schema(schema: Schema) -> str:
+    return ", ".join(f"{k} {v[1]}{list(v[0])}" for k, v in sorted(schema.items()))
+
+
+class EpisodeWriter:
+    """Append episodes to an HDF5 episode store.
+
+    Args:
+        path: the ``.h5`` file.
+        mode: ``"append"`` (create, or extend an existing store), ``"overwrite"`` (start a new file)
+            or ``"error"`` (refuse if the file exists).
+        action_spec: the env's action space; saved as the ``action_space`` attribute. When None it is
+            taken from an existing file, else inferred as continuous from the first episode.
+        env_id: saved as the ``env_id`` attribute; appending with a different id is refused.
+        compression: HDF5 filter for new columns (``None``, ``"lzf"`` or ``"gzip"``); the default
+            ``None`` keeps writes and random reads fastest.
+
+    Use as a context manager. Appending to a file whose env, action space or columns (names, row
+    shapes, dtypes) differ raises ValueError before anything is written; existing episodes are never
+    modified. The column schema is locked by the first episode.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        mode: str = "append",
+        *,
+        action_spec: ActionSpec | None = None,
+        env_id: str | None = None,
+        compression: str | None = None,
+    ) -> None:
+        if mode not in WRITE_MODES:
+            raise ValueError(f"mode must be one of {WRITE_MODES}, got {mode!r}")
+        self.path = Path(path)
+        self.compression = compression
+        if self.path.exists() and mode == "error":
+            raise FileExistsError(
+                f"{self.path} already exists; pass mode='append' to add episodes or mode='overwrite' to replace it"
+            )
+        if self.path.exists() and mode == "append":
+            self._file = self._open_existing(action_spec, env_id)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = h5py.File(self.path, "w")
+            self._file.create_dataset("ep_len", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
+            self._file.create_dataset("ep_offset", (0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+            self._file.attrs["format_version"] = FORMAT_VERSION
+            self._rows = 0
+        attrs = self._file.attrs
+        if action_spec is not None and "action_space" not in attrs:
+            attrs["action_space"] = action_spec.to_json()
+        if env_id and not _attr_str(attrs, "env_id"):
+            attrs["env_id"] = env_id
+        self._file.flush()
+
+    def _open_existing(self, action_spec: ActionSpec | None, env_id: str | None) -> h5py.File:
+        if not h5py.is_hdf5(self.path):
+            raise ValueError(
+                f"{self.path} exists and is not an HDF5 file; choose another output path or pass "
+                "mode='overwrite' to replace it"
+            )
+        try:
+            f = h5py.File(self.path, "a")
+        except OSError as err:
+            raise ValueError(f"cannot open {self.path} for appending ({err}); close other readers or writers of it first") from err
+        try:
+            self._check_existing(f, action_spec, env_id)
+        except Exception:
+            f.close()
+            raise
+        ep_len, ep_offset = _indexed(f)
+        self._rows = int(ep_offset[-1] + ep_len[-1]) if len(ep_len) else 0
+        # Drop what a killed writer left past the last finished episode. With no finished episode
+        # the columns are dropped too, so the next episode locks the schema afresh.
+        for name in INDEX_COLUMNS:
+            f[name].resize(len(ep_len), axis=0)
+        for name in _schema_of(f):
+            if len(ep_len):
+                f[name].resize(self._rows, axis=0)
+            else:
+                del f[name]
+        return f
+
+    def _check_existing(self, f: h5py.File, action_spec: ActionSpec | None, env_id: str | None) -> None:
+        fix = "write to a new file or pass mode='overwrite' to replace it"
+        missing = [k for k in INDEX_COLUMNS if k not in f]
+        if missing:
+            raise ValueError(f"cannot append to {self.path}: it has no {'/'.join(missing)} episode index; {fix}")
+        old_id = _attr_str(f.attrs, "env_id")
+        if env_id and old_id and env_id != old_id:
+            raise ValueError(f"cannot append {env_id!r} episodes to {self.path}: it holds {old_id!r} episodes; {fix}")
+        old_spec = _attr_str(f.attrs, "action_space")
+        if action_spec is not None and old_spec and ActionSpec.from_json(old_spec) != action_spec:
+            raise ValueError(
+                f"cannot append to {self.path}: its action space is {old_spec}, not {action_spec.to_json()}; {fix}"
+            )
+        if action_spec is not None and "action" in f and f["action"].shape[1:] != (action_spec.raw_dim,):
+            raise ValueError(
+                f"cannot append to {self.path}: its action rows have shape {f['action'].shape[1:]}, but "
+                f"{action_spec.to_json()} stores ({action_spec.raw_dim},); {fix}"
+            )
+        ep_len, ep_offset = _indexed(f)
+        rows = int(ep_offset[-1] + ep_len[-1]) if len(ep_len) else 0
+        short = [k for k, ds in f.items() if k not in INDEX_COLUMNS and isinstance(ds, h5py.Dataset) and len(ds) < rows]
+        if short:
+            raise ValueError(f"{self.path} is corrupt: columns {short} are shorter than its episode index says ({rows} rows)")
+
+    # ---- public API ---------------------------------------------------------------------------------
+
+    @property
+    def num_episodes(self) -> int:
+        return min(len(self._file["ep_len"]), len(self._file["ep_offset"]))
+
+    @property
+    def schema(self) -> Schema:
+        """Column name -> (row shape, dtype); empty until the first episode locks it."""
+        return _schema_of(self._file)
+
+    def check_columns(self, schema: Schema) -> None:
+        """Raise ValueError if episodes with these columns cannot be appended (schema already locked)."""
+        locked = self.schema
+        if locked and {k: (tuple(s), np.dtype(d)) for k, (s, d) in schema.items()} != locked:
+            raise ValueError(
+                f"cannot append to {self.path}: its columns are [{_format_schema(locked)}] but the new "
+                f"episodes have [{_format_schema(schema)}]; write to a new file or pass mode='overwrite'"
+            )
+
+    def add_episode(self, columns: Mapping[str, np.ndarray]) -> int:
+        """Append one episode and flush it to disk; returns its index.
+
+        ``columns`` maps names to arrays of the same length T >= 1: ``pixels`` uint8 ``[T, H, W, 3]``,
+        ``action`` ``[T, A]`` (or ``[T]`` discrete indices; stored as float32, last row NaN), and any
+        other per-step columns.
+        """
+        if self._file is None:
+            raise RuntimeError(f"EpisodeWriter for {self.path} is closed")
+        arrays = {k: np.asarray(v) for k, v in columns.items()}
+        missing = [k for k in REQUIRED_COLUMNS if k not in arrays]
+        if missing:
+            raise ValueError(f"an episode needs the columns {list(REQUIRED_COLUMNS)}; missing {missing}")
+        action = arrays["action"].astype(np.float32)
+        arrays["action"] = action[:, None] if action.ndim == 1 else action
+        lengths = {k: len(a) if a.ndim else 0 for k, a in arrays.items()}
+        if len(set(lengths.values())) != 1 or 0 in lengths.values():
+            raise ValueError(f"every column of an episode needs the same length T >= 1, got {lengths}")
+        if arrays["pixels"].dtype != np.uint8 or arrays["pixels"].ndim != 4 or arrays["pixels"].shape[-1] != 3:
+            raise ValueError(f"pixels must be uint8 [T, H, W, 3], got {arrays['pixels'].dtype} {arrays['pixels'].shape}")
+        schema = {k: (a.shape[1:], a.dtype) for k, a in arrays.items()}
+        self.check_columns(schema)
+        self._check_action_width(arrays["action"].shape[1])
+        if not self.schema:
+            self._create_columns(schema)
+
+        start, end = self._rows, self._rows + lengths["pixels"]
+        for name, a in arrays.items():
+            self._file[name].resize(end, axis=0)
+            self._file[name][start:end] = a
+        # Index last: until ep_len has its new entry, readers (and a reopening writer) do not see
+        # this episode, so a crash above loses only the episode being written.
+        index = self.num_episodes
+        for name, value in (("ep_offset", start), ("ep_len", end - start)):
+            self._file[name].resize(index + 1, axis=0)
+            self._file[name][index] = value
+        self._file.flush()
+        self._rows = end
+        return index
+
+    def _check_action_width(self, width: int) -> None:
+        spec_json = _attr_str(self._file.attrs, "action_space")
+        if spec_json is None:
+            self._file.attrs["action_space"] = ActionSpec("continuous", width).to_json()
+        elif ActionSpec.from_json(spec_json).raw_dim != width:
+            raise ValueError(
+                f"action rows have {width} values but the action space {spec_json} stores "
+                f"{ActionSpec.from_json(spec_json).raw_dim} per step"
+            )
+
+    def _create_columns(self, schema: Schema) -> None:
+        for name, (shape, dtype) in schema.items():
+            self._file.create_dataset(
+                name,
+                (0, *shape),
+                maxshape=(None, *shape),
+                dtype=dtype,
+                chunks=(_chunk_rows(shape, dtype), *shape),
+                compression=self.compression,
+            )
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "EpisodeWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class EpisodeStore:
+    """Read-only view of an HDF5 episode store (ours or an official LeWM / stable-worldmodel file).
+
+    The index (``ep_len``, ``ep_offset``) and attributes are read once; column data is read on demand
+    through a file handle opened lazily in each process, so a store can be passed to DataLoader
+    workers.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(
+                f"no episode store at {self.path}; collect one with `lewm collect ENV_ID --out {self.path}`"
+            )
+        if not h5py.is_hdf5(self.path):
+            raise ValueError(f"{self.path} is not an HDF5 file; an episode store is an .h5 file written by `lewm collect`")
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        try:
+            self._read_metadata(self._handle())
+        except Exception:
+            self.close()
+            raise
+
+    def _read_metadata(self, f: h5py.File) -> None:
+        missing = [k for k in (*INDEX_COLUMNS, *REQUIRED_COLUMNS) if k not in f]
+        if missing:
+            raise ValueError(
+                f"{self.path} lacks the dataset(s) {missing} (it has {sorted(f.keys())}); an episode store needs "
+                "pixels (N,H,W,3) uint8, action (N,A) and the ep_len/ep_offset episode index; "
+                "re-collect it with `lewm collect` or add the missing datasets with h5py"
+            )
+        self.ep_len, self.ep_offset = _indexed(f)
+        self.schema: Schema = _schema_of(f)
+        rows = int((self.ep_offset + self.ep_len).max()) if len(self.ep_len) else 0
+        short = {k: len(f[k]) for k in self.schema if len(f[k]) < rows}
+        if short:
+            raise ValueError(f"{self.path} is corrupt: columns {short} are shorter than the {rows} rows its index covers")
+        spec_json = _attr_str(f.attrs, "action_space")
+        width = self.schema["action"][0][0] if self.schema["action"][0] else 1
+        # Official files carry no action_space attribute; their actions are continuous.
+        self.action_spec = ActionSpec.from_json(spec_json) if spec_json else ActionSpec("continuous", width)
+        self.env_id = _attr_str(f.attrs, "env_id")
+
+    def _handle(self) -> h5py.File:
+        # A handle opened before a fork must not be used in the child (DataLoader workers).
+        if self._file is None or self._pid != os.getpid():
+            try:
+                self._file = h5py.File(self.path, "r", swmr=True, rdcc_nbytes=_READ_CACHE_BYTES)
+            except OSError as err:
+                raise ValueError(f"cannot open {self.path} for reading ({err}); is a writer (e.g. a running collection) still using it?") from err
+            self._pid = os.getpid()
+        return self._file
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.ep_len)
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    @property
+    def columns(self) -> list[str]:
+        """Data column names (everything but the episode index)."""
+        return list(self.schema)
+
+    def read(self, column: str, rows: slice | int | np.ndarray) -> np.ndarray:
+        """Rows of one column: a slice (steps allowed), an int, or an int array in any order."""
+        if column not in self.schema:
+            raise KeyError(f"{self.path} has no column {column!r}; columns: {self.columns}")
+        ds = self._handle()[column]
+        if isinstance(rows, (slice, int, np.integer)):
+            return ds[rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        # h5py wants increasing, unique indices; read those once and map back.
+        unique, inverse = np.unique(rows, return_inverse=True)
+        return ds[unique][inverse.reshape(rows.shape)]
+
+    def episode(self, i: int, columns: list[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """All rows of episode ``i`` (negative counts from the end) for the given (default: all) columns."""
+        i = range(self.num_episodes)[i]
+        start = int(self.ep_offset[i])
+        rows = slice(start, start + int(self.ep_len[i]))
+        return {c: self.read(c, rows) for c in (columns or self.columns)}
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def __enter__(self) -> "EpisodeStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"EpisodeStore({str(self.path)!r}, episodes={self.num_episodes}, rows={int(self.ep_len.sum())}, "
+            f"env_id={self.env_id!r}, columns=[{_format_schema(self.schema)}])"
+        )
