@@ -169,9 +169,9 @@ class Planner:
         high = self._bound("high", high, action_dim, full)
         if low is not None and high is not None and bool((low > high).any()):
             raise ValueError(f"low must be <= high everywhere, got low={low.tolist()} high={high.tolist()}")
-        problem = Problem(batch_size, horizon, action_dim, full, low, high, [])
-        problem.init = problem.clamp(full)
-        problem.generators = self._generators(seeds, batch_size, full.device)
+        generators = self._generators(seeds, batch_size, full.device)
+        problem = Problem(batch_size, horizon, action_dim, full, low, high, generators)
+        problem.init = problem.clamp(full)  # a warm start outside the bounds starts at the nearest bound
         return problem
 
     @staticmethod

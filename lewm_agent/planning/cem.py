@@ -53,6 +53,7 @@ class CEM(Planner):
             costs = evaluate(cost_fn, candidates)
             elites, _ = select_elites(candidates, costs, self.topk)
             # The mean is a convex combination of clamped candidates; clamping only removes rounding.
+            # The std is torch's unbiased one, as in stable-worldmodel.
             mean, std = p.clamp(elites.mean(dim=1)), elites.std(dim=1)
         return mean
 
