@@ -1,0 +1,223 @@
+"""The trainer: run folder contents, exact resume after an interruption, input checks that touch nothing."""
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from lewm_agent.checkpoint import CONFIG_FILE, WEIGHTS_FILE, describe_checkpoint, load_checkpoint
+from lewm_agent.train import TrainConfig, Trainer, train
+from lewm_agent.train.trainer import METRIC_COLUMNS, METRICS_FILE, STATE_FILE, epoch_batches, lr_factor
+
+# A model small enough that an epoch of a few steps takes well under a second on a CPU.
+TINY = dict(image_size=16, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2, enc_mlp_dim=64, embed_dim=16,
+            proj_hidden=32, pred_depth=1, pred_heads=2, pred_dim_head=8, pred_mlp_dim=32, sigreg_num_proj=32)
+
+
+# -- stand-in for lewm_agent.data until it lands (same interface, official layout only) ------------
+
+@pytest.fixture(autouse=True)
+def _data_module(monkeypatch):
+    try:
+        import lewm_agent.data.dataset  # noqa: F401
+        import lewm_agent.data.store  # noqa: F401
+    except ImportError:
+        import sys
+        import types
+
+        from lewm_agent.spaces import ActionCodec, ActionSpec
+
+        class EpisodeStore:
+            def __init__(self, path):
+                with h5py.File(path, "r") as f:
+                    self.pixels, self.action = f["pixels"][:], f["action"][:]
+                    self.ep_len, self.ep_offset = f["ep_len"][:], f["ep_offset"][:]
+                    self.attrs = dict(f.attrs)
+                self.num_episodes = len(self.ep_len)
+                self.action_spec = ActionSpec("continuous", self.action.shape[1])
+
+        class SequenceDataset(torch.utils.data.Dataset):
+            def __init__(self, store, num_steps=4, frameskip=5, image_size=64, episodes=None, codec=None):
+                self.store, self.num_steps, self.frameskip = store, num_steps, frameskip
+                episodes = range(store.num_episodes) if episodes is None else episodes
+                span = num_steps * frameskip
+                self.starts = [int(store.ep_offset[e]) + s for e in episodes for s in range(store.ep_len[e] - span + 1)]
+                self.spec = store.action_spec
+                rows = np.concatenate([store.action[o:o + n] for o, n in
+                                       zip(store.ep_offset[list(episodes)], store.ep_len[list(episodes)])])
+                self.codec = codec or ActionCodec.fit(self.spec, rows)
+
+            def __len__(self):
+                return len(self.starts)
+
+            def __getitem__(self, i):
+                s, fs, t = self.starts[i], self.frameskip, self.num_steps
+                pixels = torch.from_numpy(self.store.pixels[s : s + t * fs : fs]).permute(0, 3, 1, 2)
+                action = self.codec.encode(self.store.action[s : s + t * fs]).reshape(t, -1)
+                return {"pixels": pixels, "action": action}
+
+        def split_episodes(n, val_fraction=0.1, seed=3072):
+            perm = np.random.default_rng(seed).permutation(n)
+            k = int(round(n * val_fraction))
+            return sorted(perm[k:].tolist()), sorted(perm[:k].tolist())
+
+        dataset = types.ModuleType("lewm_agent.data.dataset")
+        dataset.SequenceDataset, dataset.split_episodes = SequenceDataset, split_episodes
+        store = types.ModuleType("lewm_agent.data.store")
+        store.EpisodeStore = EpisodeStore
+        monkeypatch.setitem(sys.modules, "lewm_agent.data.dataset", dataset)
+        monkeypatch.setitem(sys.modules, "lewm_agent.data.store", store)
+
+
+def write_store(path, episodes=6, length=30, size=16, seed=0):
+    """An episode store in the official layout: concatenated columns indexed by ep_len / ep_offset,
+    pixels (N, H, W, 3) uint8, action (N, 2) float32 with a NaN last row per episode."""
+    rng = np.random.default_rng(seed)
+    n = episodes * length
+    action = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    action[length - 1 :: length] = np.nan
+    with h5py.File(path, "w") as f:
+        f["pixels"] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        f["action"] = action
+        f["ep_len"] = np.full(episodes, length, np.int32)
+        f["ep_offset"] = np.arange(0, n, length, dtype=np.int64)
+    return str(path)
+
+
+def make_cfg(tmp_path, out="run", **kw):
+    data = tmp_path / "data.h5"
+    if not data.exists():
+        write_store(data)
+    base = dict(data=str(data), out=str(tmp_path / out), preset="tiny", epochs=2, batch_size=8, frameskip=2,
+                val_fraction=0.2, progress=False, model_overrides=dict(TINY))
+    return TrainConfig(**{**base, **kw})
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_folder_and_metrics(tmp_path):
+    run = train(make_cfg(tmp_path))
+    names = {p.name for p in run.iterdir()}
+    assert {CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE} <= names
+    with open(run / METRICS_FILE) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == METRIC_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(np.isfinite(float(r[k])) for r in rows for k in ("train_loss", "val_loss", "lr"))
+    model, codec, config = load_checkpoint(run, device="cpu")
+    assert config["train"]["epoch"] == 2 and config["data"]["frameskip"] == 2
+    assert config["model"]["sigreg_weight"] == 0.09 and codec.spec.dim == 2
+    state = torch.load(run / STATE_FILE, weights_only=True)
+    assert state["step"] == config["train"]["step"] == int(rows[-1]["step"])
+    assert "2 epochs" in describe_checkpoint(run)
+
+
+def test_resume_after_interrupt_is_exact(tmp_path, monkeypatch):
+    straight = train(make_cfg(tmp_path, out="straight"))
+    cfg = make_cfg(tmp_path, out="resumed")
+    steps_per_epoch = json.loads((straight / CONFIG_FILE).read_text())["train"]["step"] // 2
+
+    real_step = Trainer._train_step
+
+    def interrupt_in_epoch_two(self, batch):
+        if self.step == steps_per_epoch + 1:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupt_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert json.loads((tmp_path / "resumed" / CONFIG_FILE).read_text())["train"]["epoch"] == 1
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    resumed = train(cfg)
+
+    a, _, _ = load_checkpoint(straight, device="cpu")
+    b, _, _ = load_checkpoint(resumed, device="cpu")
+    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(v, w), k
+    with open(resumed / METRICS_FILE) as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+
+
+def test_more_epochs_continue_and_finished_run_is_left_alone(tmp_path):
+    run = train(make_cfg(tmp_path, epochs=1))
+    before = snapshot(run)
+    train(make_cfg(tmp_path, epochs=1))  # nothing left to do
+    assert snapshot(run) == before
+    train(make_cfg(tmp_path, epochs=2))
+    assert json.loads((run / CONFIG_FILE).read_text())["train"]["epoch"] == 2
+
+
+def test_steps_override_epochs(tmp_path):
+    run = train(make_cfg(tmp_path, steps=3, epochs=50))
+    config = json.loads((run / CONFIG_FILE).read_text())
+    assert config["train"]["step"] == 3
+
+
+def test_different_settings_refused_without_touching_files(tmp_path):
+    run = train(make_cfg(tmp_path, epochs=1))
+    before = snapshot(run)
+    for change, message in [({"lr": 1e-3}, "lr=5e-05 vs 0.001"),
+                            ({"model_overrides": {**TINY, "embed_dim": 8}}, "embed_dim=16 vs 8"),
+                            ({"frameskip": 3}, "frameskip=2 vs 3")]:
+        with pytest.raises(ValueError, match=message):
+            train(make_cfg(tmp_path, epochs=2, **change))
+    other = tmp_path / "other.h5"
+    write_store(other, seed=1)
+    with pytest.raises(ValueError, match="action normaliser"):
+        train(make_cfg(tmp_path, epochs=2, data=str(other)))
+    assert snapshot(run) == before
+
+
+def test_bad_inputs(tmp_path):
+    foreign = tmp_path / "run"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a LeWM run"):
+        train(make_cfg(tmp_path))
+    assert snapshot(foreign) == {foreign.relative_to(foreign) / "notes.txt": b"mine"}
+
+    with pytest.raises(ValueError, match=r"unknown preset 'huge'.*paper"):
+        train(make_cfg(tmp_path, out="a", preset="huge"))
+    with pytest.raises(ValueError, match="action_dim=3"):
+        train(make_cfg(tmp_path, out="a", model_overrides={**TINY, "action_dim": 3}))
+    with pytest.raises(ValueError, match="longest episode has 30"):
+        train(make_cfg(tmp_path, out="a", frameskip=10))
+    with pytest.raises((FileNotFoundError, OSError)):
+        train(make_cfg(tmp_path, out="a", data=str(tmp_path / "missing.h5")))
+    assert not (tmp_path / "a").exists()
+
+
+def test_tensorboard_missing_is_explained(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kw):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(ImportError, match=r"pip install \"lewm-agent\[tensorboard\]\""):
+        train(make_cfg(tmp_path, tensorboard=True))
+    assert not (tmp_path / "run").exists()
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    total, warmup = 100, 10
+    assert lr_factor(0, total, warmup) == pytest.approx(0.01)
+    assert lr_factor(warmup, total, warmup) == pytest.approx(1.0)
+    assert lr_factor(55, total, warmup) == pytest.approx(0.5)
+    assert lr_factor(total, total, warmup) == pytest.approx(0.0)
+
+
+def test_global_batches_do_not_depend_on_process_count():
+    single = epoch_batches(50, 8, seed=0, epoch=3)
+    ranks = [epoch_batches(50, 8, seed=0, epoch=3, rank=r, world=2) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks)] == single
+    assert epoch_batches(50, 8, seed=0, epoch=4) != single
