@@ -1,0 +1,229 @@
+"""MiniGrid multi-room navigation from full top-down pixels: reach the goal cell.
+
+A fixed multi-room grid (``layout="four_rooms"``: 11x11 with four 4x4 rooms joined by one-cell
+gaps, or ``"two_rooms"``: 9x7 with one gap) drawn in MiniGrid's style with MiniGrid's tile
+primitives: black floor with grey grid lines, grey walls, a green goal cell and the red agent
+triangle. The whole grid is rendered (not MiniGrid's egocentric partial view) and area-resized to
+``image_size``. Actions are restricted to ``Discrete(3)``: 0 = turn left, 1 = turn right,
+2 = move forward (MiniGrid's indices); the remaining MiniGrid actions (pickup, toggle, ...) have
+nothing to act on here. Directions: 0 = +x (east), 1 = +y (south), 2 = west, 3 = north.
+
+Success (terminates): the agent stands on the goal cell.
+
+Layouts: start state = ``(x, y, direction)`` (cells, integers); goal = goal cell ``(x, y)``;
+``proprio`` = ``(x, y, direction)``; observation ``state`` = start state + goal (5). The goal image
+shows the agent on the goal cell facing east.
+
+``perturb("teleport", position=None, direction=None)`` moves the agent (random free cell /
+direction when None); ``perturb("color", color=None)`` recolours the agent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from minigrid.core.constants import COLORS
+from minigrid.utils.rendering import downsample, fill_coords, point_in_rect, point_in_triangle, rotate_fn
+
+from lewm_envs.base import GoalImageEnv, as_color
+
+LAYOUTS = {
+    "four_rooms": (
+        "###########",
+        "#....#....#",
+        "#....#....#",
+        "#.........#",
+        "#....#....#",
+        "##.#####.##",
+        "#....#....#",
+        "#....#....#",
+        "#.........#",
+        "#....#....#",
+        "###########",
+    ),
+    "two_rooms": (
+        "#########",
+        "#...#...#",
+        "#...#...#",
+        "#.......#",
+        "#...#...#",
+        "#...#...#",
+        "#########",
+    ),
+}
+DIR_TO_VEC = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]])
+AGENT_COLOR = np.array([255, 0, 0], dtype=np.uint8)
+FLOOR, WALL, GOAL = 0, 1, 2
+
+
+def area_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]`` weights averaging each output pixel over the input pixels it covers."""
+    edges = np.arange(n_out + 1) * (n_in / n_out)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    pix = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(hi, pix + 1) - np.maximum(lo, pix), 0.0, None)
+    return (overlap / (n_in / n_out)).astype(np.float32)
+
+
+class MultiRoomEnv(GoalImageEnv):
+    """Reach the goal cell of a multi-room grid from pixels; see the module docstring.
+
+    Args:
+        image_size: side of the square ``pixels`` / ``goal`` images.
+        render_mode: only ``"rgb_array"``.
+        layout: ``"four_rooms"`` (default) or ``"two_rooms"``.
+    """
+
+    state_dim, goal_dim, proprio_dim = 3, 2, 3
+
+    def __init__(
+        self, image_size: int = 64, render_mode: str | None = "rgb_array", layout: str = "four_rooms"
+    ) -> None:
+        super().__init__(image_size, render_mode)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+        rows = LAYOUTS[layout]
+        self.walls = np.array([[ch == "#" for ch in row] for row in rows]).T  # indexed [x, y]
+        self.width, self.height = self.walls.shape
+        self.free_cells = np.argwhere(~self.walls)  # [n, 2] of (x, y)
+        self.action_space = spaces.Discrete(3)
+        high = np.array([self.width - 1, self.height - 1, 3, self.width - 1, self.height - 1])
+        self._build_observation_space((0, high[:3]), (0, high))
+        # Draw at >= 2x the output resolution, then area-average down: thin grid lines stay visible.
+        side = max(self.width, self.height)
+        self._tile = max(4, math.ceil(2 * self.image_size / side))
+        self._resize = area_resize_matrix(side * self._tile, self.image_size)
+        self._tiles: dict[tuple, np.ndarray] = {}
+        self.agent_color = AGENT_COLOR.copy()
+        self.agent = np.zeros(2, dtype=np.int64)
+        self.direction = 0
+
+    # ---- placement -----------------------------------------------------------------------------------
+
+    def achieved_goal(self, state: np.ndarray) -> np.ndarray:
+        return state[:2].copy()
+
+    def _check_cell(self, name: str, xy: np.ndarray) -> None:
+        if np.any(xy != np.round(xy)) or not (0 <= xy[0] < self.width and 0 <= xy[1] < self.height):
+            raise ValueError(
+                f"{name} cell {xy.tolist()} must be integers in x in [0, {self.width - 1}], "
+                f"y in [0, {self.height - 1}]"
+            )
+        if self.walls[int(xy[0]), int(xy[1])]:
+            raise ValueError(f"{name} cell {xy.astype(int).tolist()} is a wall; free cells are '.' in the layout")
+
+    def _check_state(self, state: np.ndarray, name: str) -> None:
+        self._check_cell(name, state[:2])
+        if state[2] not in (0, 1, 2, 3):
+            raise ValueError(f"{name} direction must be 0, 1, 2 or 3, got {state[2]}")
+
+    def _check_goal(self, goal: np.ndarray) -> None:
+        self._check_cell("options['goal_state']", goal)
+
+    def _random_cell(self) -> np.ndarray:
+        return self.free_cells[self.np_random.integers(len(self.free_cells))].astype(np.float64)
+
+    def _sample_goal(self) -> np.ndarray:
+        return self._random_cell()
+
+    def _sample_state(self, goal: np.ndarray) -> np.ndarray:
+        while True:
+            xy = self._random_cell()
+            if not np.array_equal(xy, goal):
+                return np.array([*xy, self.np_random.integers(4)], dtype=np.float64)
+
+    def _place_goal(self, goal: np.ndarray) -> None:
+        self.agent_color = AGENT_COLOR.copy()  # undo an earlier colour perturbation
+        self._background = self._draw_background(goal.astype(int))
+        self._background_small = self._shrink(self._background)
+
+    def _place_state(self, state: np.ndarray) -> None:
+        self.agent = state[:2].astype(np.int64)
+        self.direction = int(state[2])
+
+    # ---- dynamics and scoring ---------------------------------------------------------------------
+
+    def _simulate(self, action: Any) -> None:
+        a = np.asarray(action)
+        if a.size != 1 or a.reshape(()).item() not in (0, 1, 2):
+            raise ValueError(f"action must be 0 (left), 1 (right) or 2 (forward), got {action!r}")
+        a = int(a.reshape(()).item())
+        if a == 2:
+            ahead = self.agent + DIR_TO_VEC[self.direction]
+            if not self.walls[ahead[0], ahead[1]]:
+                self.agent = ahead
+        else:
+            self.direction = (self.direction + (1 if a == 1 else -1)) % 4
+
+    def _is_success(self) -> bool:
+        return bool(np.array_equal(self.agent, self.goal_state))
+
+    def _sim_state(self) -> np.ndarray:
+        return np.array([*self.agent, self.direction], dtype=np.float64)
+
+    def _proprio(self) -> np.ndarray:
+        return self._sim_state()
+
+    # ---- rendering ---------------------------------------------------------------------------------
+
+    def _tile_image(self, kind: int, direction: int | None = None, color: tuple = ()) -> np.ndarray:
+        """One cell in MiniGrid's style (float32 ``[tile, tile, 3]``), cached."""
+        key = (kind, direction, color)
+        if key not in self._tiles:
+            sub = 3  # MiniGrid's supersampling
+            img = np.zeros((self._tile * sub, self._tile * sub, 3), dtype=np.uint8)
+            fill_coords(img, point_in_rect(0, 0.031, 0, 1), (100, 100, 100))
+            fill_coords(img, point_in_rect(0, 1, 0, 0.031), (100, 100, 100))
+            if kind != FLOOR:
+                fill_coords(img, point_in_rect(0, 1, 0, 1), COLORS["grey" if kind == WALL else "green"])
+            if direction is not None:
+                tri = point_in_triangle((0.12, 0.19), (0.87, 0.50), (0.12, 0.81))
+                fill_coords(img, rotate_fn(tri, cx=0.5, cy=0.5, theta=0.5 * math.pi * direction), color)
+            self._tiles[key] = downsample(img, sub).astype(np.float32)
+        return self._tiles[key]
+
+    def _draw_background(self, goal: np.ndarray) -> np.ndarray:
+        side, t = max(self.width, self.height), self._tile
+        img = np.zeros((side * t, side * t, 3), dtype=np.float32)  # a non-square layout is padded
+        for x in range(self.width):
+            for y in range(self.height):
+                kind = WALL if self.walls[x, y] else GOAL if (x, y) == tuple(goal) else FLOOR
+                img[y * t : (y + 1) * t, x * t : (x + 1) * t] = self._tile_image(kind)
+        return img
+
+    def _shrink(self, img: np.ndarray, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """Area-resize ``img`` (the hi-res pixels at ``rows``, ``cols``) to ``[image_size]^2 x 3``."""
+        r_rows, r_cols = self._resize[:, rows], self._resize[:, cols].T
+        # One 2-D matmul pair per channel: numpy's stacked matmul is several times slower here.
+        return np.stack([r_rows @ img[..., c] @ r_cols for c in range(3)], axis=-1)
+
+    def _draw(self, xy: np.ndarray, direction: int, color: np.ndarray) -> np.ndarray:
+        # Resizing is linear, so only the agent's cell needs resizing: add its change to the background.
+        t = self._tile
+        rows, cols = slice(xy[1] * t, (xy[1] + 1) * t), slice(xy[0] * t, (xy[0] + 1) * t)
+        kind = GOAL if np.array_equal(xy, self.goal_state) else FLOOR
+        tile = self._tile_image(kind, direction, tuple(int(c) for c in color))
+        out = self._background_small + self._shrink(tile - self._background[rows, cols], rows, cols)
+        return out.round().astype(np.uint8)
+
+    def _render_frame(self) -> np.ndarray:
+        return self._draw(self.agent, self.direction, self.agent_color)
+
+    def _render_goal(self) -> np.ndarray:
+        return self._draw(self.goal_state.astype(np.int64), 0, self.agent_color)
+
+    # ---- perturbations -----------------------------------------------------------------------------
+
+    def _teleport(self, position: Any = None, direction: int | None = None) -> None:
+        xy = self._random_cell() if position is None else np.asarray(position, dtype=np.float64).reshape(2)
+        self._check_cell("position", xy)
+        d = int(self.np_random.integers(4)) if direction is None else direction
+        if d not in (0, 1, 2, 3):
+            raise ValueError(f"direction must be 0, 1, 2 or 3, got {direction!r}")
+        self.agent, self.direction = xy.astype(np.int64), int(d)
+
+    def _recolor(self, color: Any = None) -> None:
+        self.agent_color = as_color(color, self.np_random)

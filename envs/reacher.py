@@ -1,0 +1,154 @@
+"""Reacher: a two-link planar arm (dm_control) must match a goal joint configuration, from pixels.
+
+This is the ``qpos_match`` variant used by DINO-WM / stable-worldmodel for LeWM: the goal is a joint
+configuration, and success (terminates) is ``|wrap(qpos - goal)| < 0.05`` rad for *every* joint,
+the tolerance of stable-worldmodel's docs. Physics is dm_control's ``reacher.xml`` (timestep
+0.02 s, one physics step per env step, torques ``action`` in ``[-1, 1]^2``). The unlimited shoulder
+angle is kept wrapped to [-pi, pi); the wrist is limited to +-160 degrees.
+
+Layouts: start state = ``(qpos shoulder, qpos wrist, qvel shoulder, qvel wrist)`` (rad, rad/s);
+goal = goal ``qpos`` (2); ``proprio`` = ``qpos``; observation ``state`` = start state + goal (6).
+
+Frames come from the top-down ``fixed`` camera through one reused ``mujoco.Renderer`` with shadows,
+reflections and multisampling off (several times faster on CPU renderers, still clear at 64 px). dm_control's target sphere
+is hidden: the goal image is the arm rendered at the goal configuration.
+
+``perturb("teleport", qpos=None)`` sets the arm to ``qpos`` (random when None) at rest;
+``perturb("color", color=None)`` recolours the arm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from lewm_envs.base import GoalImageEnv, as_color, check_box
+from lewm_envs.mujoco_render import make_renderer, mujoco
+
+from dm_control.suite import reacher as dmc_reacher  # noqa: E402  (after MUJOCO_GL is set)
+
+TOLERANCE = 0.05  # rad, per joint
+WRIST_LIMIT = np.deg2rad(160.0)
+QPOS_LOW, QPOS_HIGH = np.array([-np.pi, -WRIST_LIMIT]), np.array([np.pi, WRIST_LIMIT])
+# Joint damping caps speeds near 5-7 rad/s under full torque; the bound keeps the space finite.
+MAX_QVEL = 50.0
+ARM_GEOMS = ("arm", "hand", "finger")
+HIDDEN_GROUP = 3  # geom groups >= 3 are not drawn with mujoco's default visual options
+
+
+def wrap_angle(a: np.ndarray) -> np.ndarray:
+    """Angles wrapped to [-pi, pi)."""
+    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
+
+
+class ReacherEnv(GoalImageEnv):
+    """dm_control Reacher with a goal joint configuration; see the module docstring.
+
+    Args:
+        image_size: side of the square ``pixels`` / ``goal`` images.
+        render_mode: only ``"rgb_array"``.
+    """
+
+    state_dim, goal_dim, proprio_dim = 4, 2, 2
+
+    def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array") -> None:
+        super().__init__(image_size, render_mode)
+        self.model = mujoco.MjModel.from_xml_string(*dmc_reacher.get_model_and_assets())
+        self.data = mujoco.MjData(self.model)
+        self.model.geom_group[self.model.geom("target").id] = HIDDEN_GROUP
+        self._arm_ids = [self.model.geom(name).id for name in ARM_GEOMS]
+        self._arm_rgba = self.model.geom_rgba[self._arm_ids].copy()
+        self._arm_matids = self.model.geom_matid[self._arm_ids].copy()
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        # The wrist limit is a soft constraint, so bound observed angles by pi rather than 160 degrees.
+        state_low = np.array([-np.pi, -np.pi, -MAX_QVEL, -MAX_QVEL, -np.pi, -np.pi])
+        self._build_observation_space((-np.pi, np.pi), (state_low, -state_low))
+        self._renderer = make_renderer(self.model, self.image_size)
+
+    # ---- placement -----------------------------------------------------------------------------------
+
+    def achieved_goal(self, state: np.ndarray) -> np.ndarray:
+        return state[:2].copy()
+
+    def _check_state(self, state: np.ndarray, name: str) -> None:
+        check_box(f"{name} qpos (rad)", state[:2], QPOS_LOW, QPOS_HIGH)
+        check_box(f"{name} qvel (rad/s)", state[2:4], np.full(2, -MAX_QVEL), np.full(2, MAX_QVEL))
+
+    def _check_goal(self, goal: np.ndarray) -> None:
+        self._check_state(goal, "options['goal_state']")
+
+    def _sample_qpos(self) -> np.ndarray:
+        return self.np_random.uniform(QPOS_LOW, QPOS_HIGH)
+
+    def _sample_goal(self) -> np.ndarray:
+        return self._sample_qpos()
+
+    def _sample_state(self, goal: np.ndarray) -> np.ndarray:
+        while True:
+            qpos = self._sample_qpos()
+            if np.any(np.abs(wrap_angle(qpos - goal)) >= TOLERANCE):
+                return np.concatenate([qpos, [0.0, 0.0]])
+
+    def _set_physics(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        self.data.qpos[:] = qpos
+        self.data.qvel[:] = qvel
+        self.data.ctrl[:] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
+    def _place_goal(self, goal: np.ndarray) -> None:
+        self._restore_colors()  # undo an earlier colour perturbation
+        self._set_physics(goal, np.zeros(2))  # posed so that _render_goal draws the goal
+
+    def _place_state(self, state: np.ndarray) -> None:
+        self._set_physics(state[:2], state[2:4])
+
+    # ---- dynamics and scoring ---------------------------------------------------------------------
+
+    def _simulate(self, action: Any) -> None:
+        self.data.ctrl[:] = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
+        mujoco.mj_step(self.model, self.data)
+        # The shoulder is an unlimited hinge: wrapping its angle changes nothing physically.
+        self.data.qpos[0] = wrap_angle(self.data.qpos[0])
+
+    def _is_success(self) -> bool:
+        return bool(np.all(np.abs(wrap_angle(self.data.qpos - self.goal_state)) < TOLERANCE))
+
+    def _sim_state(self) -> np.ndarray:
+        return np.concatenate([self.data.qpos, self.data.qvel])
+
+    def _proprio(self) -> np.ndarray:
+        return self.data.qpos.copy()
+
+    # ---- rendering ---------------------------------------------------------------------------------
+
+    def _render_frame(self) -> np.ndarray:
+        self._renderer.update_scene(self.data, camera="fixed")
+        return self._renderer.render()
+
+    def _render_goal(self) -> np.ndarray:
+        return self._render_frame()
+
+    def close(self) -> None:
+        self._renderer.close()
+
+    # ---- perturbations -----------------------------------------------------------------------------
+
+    def _teleport(self, qpos: Any = None) -> None:
+        if qpos is None:
+            qpos = self._sample_qpos()
+        qpos = np.asarray(qpos, dtype=np.float64).reshape(-1)
+        if qpos.shape != (2,):
+            raise ValueError(f"qpos must be 2 joint angles (rad), got {qpos.tolist()}")
+        check_box("qpos (rad)", qpos, QPOS_LOW, QPOS_HIGH)
+        self._set_physics(qpos, np.zeros(2))
+
+    def _recolor(self, color: Any = None) -> None:
+        # Geom rgba is only drawn for geoms without a material, so drop the materials.
+        self.model.geom_matid[self._arm_ids] = -1
+        self.model.geom_rgba[self._arm_ids] = np.append(as_color(color, self.np_random) / 255.0, 1.0)
+
+    def _restore_colors(self) -> None:
+        self.model.geom_matid[self._arm_ids] = self._arm_matids
+        self.model.geom_rgba[self._arm_ids] = self._arm_rgba
