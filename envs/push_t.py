@@ -102,6 +102,7 @@ class PushTEnv(GoalImageEnv):
         self._build_space()
 
     def _build_space(self) -> None:
+        """A fresh pymunk space: rebuilt on every reset so no cached contacts carry over."""
         pm = self._pymunk
         self.space = pm.Space()
         self.space.gravity = (0.0, 0.0)
@@ -154,12 +155,11 @@ class PushTEnv(GoalImageEnv):
                 return state
 
     def _place_state(self, state: np.ndarray) -> None:
+        self._build_space()
         self.agent.position = tuple(state[:2])
         self.agent.velocity = tuple(state[5:7])
         self.block.angle = float(state[4])
         self.block.position = tuple(state[2:4])
-        self.block.velocity = (0.0, 0.0)
-        self.block.angular_velocity = 0.0
 
     def _place_goal(self, goal: np.ndarray) -> None:
         goal[4] %= 2 * np.pi
