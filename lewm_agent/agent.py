@@ -1,0 +1,258 @@
+"""LeWMAgent: a thin object over a trained LeWM and a planner, used like any Gymnasium policy.
+
+    agent = LeWMAgent.load("runs/tworoom")
+    obs, info = env.reset(seed=0)
+    agent.reset()
+    while True:
+        obs, reward, terminated, truncated, info = env.step(agent.act(obs))
+
+Per environment the agent keeps the frames it saw every ``frameskip`` steps with the action blocks it
+executed between them (the predictor's history), the queue of planned actions still to execute, and
+the unexecuted tail of its last plan (the next plan's warm start). It replans when the queue is empty:
+encode history and goal, plan ``horizon`` blocks in latent space, execute the first
+``receding_horizon`` of them. Goals are encoded once per goal image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lewm_agent.checkpoint import PLANNER_DEFAULTS, load_checkpoint
+from lewm_agent.images import resize_images
+from lewm_agent.model import LeWM
+from lewm_agent.planning import Planner, make_planner
+from lewm_agent.spaces import ActionCodec
+
+
+@dataclass
+class _EnvMemory:
+    """What the agent remembers about one environment's current episode."""
+
+    frames: list = field(default_factory=list)  # uint8 [3, S, S] at every block boundary
+    blocks: list = field(default_factory=list)  # executed action blocks (features [A_block])
+    queue: list = field(default_factory=list)  # env actions still to execute
+    executing: list = field(default_factory=list)  # features of the steps of the current block
+    warm_start: torch.Tensor | None = None
+    goal_key: bytes | None = None
+    goal_emb: torch.Tensor | None = None
+    steps: int = 0
+    plans: int = 0
+
+
+class LeWMAgent:
+    """Goal-reaching agent: ``act(obs)`` where ``obs`` has ``pixels`` and ``goal`` images.
+
+    Args:
+        model: a trained :class:`LeWM` (put in eval mode here).
+        codec: the action normaliser / encoder the model was trained with.
+        planner: a :class:`lewm_agent.planning.Planner`.
+        horizon: planned action blocks per plan (paper: 5).
+        receding_horizon: blocks executed before replanning (paper: 5, the whole plan).
+        device: where the model runs.
+    """
+
+    def __init__(
+        self,
+        model: LeWM,
+        codec: ActionCodec,
+        planner: Planner,
+        horizon: int = 5,
+        receding_horizon: int = 5,
+        device: str | torch.device = "cpu",
+    ):
+        if not 1 <= receding_horizon <= horizon:
+            raise ValueError(f"receding_horizon must be in [1, horizon={horizon}], got {receding_horizon}")
+        if codec.spec.feature_dim != model.config.action_dim:
+            raise ValueError(
+                f"the action codec describes {codec.spec.feature_dim}-wide actions but the model was built "
+                f"for action_dim {model.config.action_dim}"
+            )
+        self.model = model.to(device).eval()
+        self.codec, self.planner = codec, planner
+        self.horizon, self.receding_horizon = horizon, receding_horizon
+        self.device = torch.device(device)
+        self.frameskip = model.config.action_block
+        self.image_size = model.config.image_size
+        self.action_space = codec.spec.to_space()
+        bounds = codec.feature_bounds()
+        self._low, self._high = (None, None) if bounds is None else (b.repeat(self.frameskip) for b in bounds)
+        self.plan_times: list[float] = []  # seconds per planner call (all envs planned together)
+        self._memory: list[_EnvMemory] = []
+        self._seed = 0
+
+    @classmethod
+    def load(cls, run_dir, device: str = "auto", planner: str | Planner | None = None, **planner_overrides):
+        """Load a checkpoint folder written by ``lewm train``.
+
+        ``planner`` is a planner name (``cem``, ``mppi``, ``gradient``, ``categorical_cem``) or object;
+        by default the checkpoint's planner (CEM with the paper's settings, or categorical CEM for
+        discrete actions). ``planner_overrides`` adjust its settings (e.g. ``num_samples=100``) and
+        may also set ``horizon`` and ``receding_horizon``.
+        """
+        model, codec, config = load_checkpoint(run_dir, device=device)
+        settings = {**PLANNER_DEFAULTS, **config.get("planner", {})}
+        horizon = planner_overrides.pop("horizon", settings.pop("horizon"))
+        receding = planner_overrides.pop("receding_horizon", settings.pop("receding_horizon"))
+        default_name = settings.pop("name")
+        if codec.spec.kind == "discrete":
+            default_name = "categorical_cem"
+            settings["n_actions"] = codec.spec.dim
+        if not isinstance(planner, Planner):
+            name = planner or default_name
+            kept = settings if name == default_name else ({"n_actions": codec.spec.dim} if "categorical" in name else {})
+            planner = make_planner(name, **{**kept, **planner_overrides})
+        return cls(model, codec, planner, horizon, receding, device=next(model.parameters()).device)
+
+    # -- episode bookkeeping ----------------------------------------------------------------------
+
+    def reset(self, env_indices=None) -> None:
+        """Forget the episode of every env (or of ``env_indices``). Call after ``env.reset()``."""
+        if env_indices is None:
+            self._memory = []
+            return
+        for i in np.atleast_1d(env_indices):
+            if i < len(self._memory):
+                self._memory[i] = _EnvMemory()
+
+    def seed(self, seed: int) -> None:
+        """Seed the planner's randomness (each env's plans draw from streams derived from it)."""
+        self._seed = seed
+
+    def set_goal(self, image: np.ndarray, env_index: int = 0) -> None:
+        """Give a goal image (uint8 HWC) to an env whose observations carry none."""
+        self._ensure_memory(env_index + 1)
+        self._set_goal(self._memory[env_index], np.asarray(image))
+
+    # -- acting -------------------------------------------------------------------------------------
+
+    def act(self, obs: dict) -> np.ndarray:
+        """One observation (``pixels [H, W, 3]``) -> one action, or a batch from a vector env
+        (``pixels [N, H, W, 3]``) -> ``N`` actions. Envs without a ``goal`` key need :meth:`set_goal`."""
+        pixels, goals, single = self._read_obs(obs)
+        n = len(pixels)
+        self._ensure_memory(n)
+        frames = resize_images(pixels, self.image_size)
+        for i, mem in enumerate(self._memory[:n]):
+            if goals is not None:
+                self._set_goal(mem, goals[i])
+            elif mem.goal_emb is None:
+                raise ValueError(
+                    "the observation has no 'goal' image and no goal was set: call agent.set_goal(image) or wrap "
+                    "the env with lewm_agent.wrappers.PixelGoalWrapper"
+                )
+            if mem.steps % self.frameskip == 0:
+                self._close_block(mem, frames[i])
+        to_plan = [i for i in range(n) if not self._memory[i].queue]
+        if to_plan:
+            self._plan([self._memory[i] for i in to_plan], to_plan)
+        actions = []
+        for mem in self._memory[:n]:
+            action, features = mem.queue.pop(0)
+            mem.executing.append(features)
+            mem.steps += 1
+            actions.append(action)
+        actions = np.stack(actions)
+        return actions[0] if single else actions
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        """Stable-Baselines3 policy interface, so ``evaluate_policy(agent, env)`` works unchanged.
+        ``episode_start`` (one bool per env) clears that env's history and plan."""
+        if episode_start is not None:
+            starts = np.flatnonzero(np.atleast_1d(episode_start))
+            self.reset(starts)
+        return self.act(observation), state
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _read_obs(self, obs):
+        if not isinstance(obs, dict) or "pixels" not in obs:
+            raise ValueError(
+                "LeWMAgent needs a dict observation with a 'pixels' image (and a 'goal' image): wrap your env "
+                "with lewm_agent.wrappers.PixelGoalWrapper"
+            )
+        pixels = np.asarray(obs["pixels"])
+        goals = np.asarray(obs["goal"]) if "goal" in obs else None
+        if pixels.dtype != np.uint8 or pixels.ndim not in (3, 4) or pixels.shape[-1] != 3:
+            raise ValueError(
+                f"obs['pixels'] must be uint8 RGB images [H, W, 3] or [N, H, W, 3], got {pixels.dtype} "
+                f"{pixels.shape}"
+            )
+        single = pixels.ndim == 3
+        if single:
+            pixels = pixels[None]
+            goals = None if goals is None else goals[None]
+        if goals is not None and goals.shape != pixels.shape:
+            raise ValueError(f"obs['goal'] has shape {goals.shape[1:]} but obs['pixels'] has {pixels.shape[1:]}")
+        return pixels, goals, single
+
+    def _ensure_memory(self, n: int) -> None:
+        while len(self._memory) < n:
+            self._memory.append(_EnvMemory())
+
+    def _set_goal(self, mem: _EnvMemory, image: np.ndarray) -> None:
+        key = image.tobytes()
+        if key == mem.goal_key:
+            return
+        with torch.inference_mode():
+            frame = resize_images(image, self.image_size).to(self.device)
+            mem.goal_emb = self.model.encode(frame[None, None])[0, 0]
+        mem.goal_key = key
+
+    def _close_block(self, mem: _EnvMemory, frame: torch.Tensor) -> None:
+        """At a block boundary: file the executed block and remember the frame that follows it."""
+        if mem.executing:
+            mem.blocks.append(torch.cat(mem.executing))
+            mem.executing = []
+        mem.frames.append(frame)
+        history = self.model.config.history
+        del mem.frames[:-history]
+        del mem.blocks[: max(0, len(mem.blocks) - (history - 1))]
+
+    def _plan(self, mems: list[_EnvMemory], rows: list[int]) -> None:
+        start = time.perf_counter()
+        # Envs early in their episode have shorter histories; plan each history length together.
+        for h in sorted({len(m.frames) for m in mems}):
+            group = [(m, r) for m, r in zip(mems, rows) if len(m.frames) == h]
+            self._plan_group([m for m, _ in group], [r for _, r in group])
+        self.plan_times.append(time.perf_counter() - start)
+
+    @torch.inference_mode()
+    def _plan_group(self, mems: list[_EnvMemory], rows: list[int]) -> None:
+        frames = torch.stack([torch.stack(m.frames) for m in mems]).to(self.device)
+        emb_hist = self.model.encode(frames)
+        act_dim = self.model.config.action_block_dim
+        act_hist = torch.stack(
+            [torch.stack(m.blocks) if m.blocks else torch.zeros(0, act_dim) for m in mems]
+        ).to(self.device)
+        goal = torch.stack([m.goal_emb for m in mems])
+
+        def cost(candidates: torch.Tensor) -> torch.Tensor:
+            final = self.model.rollout(emb_hist, act_hist, candidates)[:, :, -1]
+            return (final - goal[:, None]).square().sum(-1)
+
+        init = None
+        if all(m.warm_start is not None for m in mems):
+            init = torch.stack([m.warm_start for m in mems])
+        plan = self.planner.plan(
+            cost, len(mems), self.horizon, act_dim, init=init, low=self._low, high=self._high,
+            # Fresh noise for every replan, yet a row's plan does not depend on which others it is batched with.
+            seeds=[hash((self._seed, r, m.plans)) & 0x7FFFFFFF for m, r in zip(mems, rows)],
+        ).cpu()
+        step_dim = self.model.config.action_dim
+        for mem, p in zip(mems, plan):
+            executed = p[: self.receding_horizon].reshape(-1, step_dim)
+            env_actions = self.codec.decode(executed)
+            # Re-encode what will really run (clipped to the action space), so the history matches it.
+            features = self.codec.encode(self._raw(env_actions))
+            mem.queue = list(zip(env_actions, features))
+            mem.plans += 1
+            tail = p[self.receding_horizon :]
+            mem.warm_start = tail if len(tail) else None
+
+    def _raw(self, env_actions: np.ndarray) -> np.ndarray:
+        """Env actions -> stored-row layout (indices for discrete actions)."""
+        return env_actions[:, None].astype(np.float32) if self.codec.spec.kind == "discrete" else env_actions
