@@ -145,6 +145,7 @@ class GoalImageEnv(gym.Env):
                 self._check_state(goal[:n_state], "options['goal_state']")
                 goal = self.achieved_goal(goal[:n_state])
             self._check_goal(goal)
+        self._begin_episode()
         if goal is None:
             goal = self._sample_goal()
         if state is None:
@@ -213,6 +214,9 @@ class GoalImageEnv(gym.Env):
     def _check_goal(self, goal: np.ndarray) -> None:
         """Raise ValueError (naming ``options['goal_state']`` and the valid range) for an invalid goal."""
         raise NotImplementedError
+
+    def _begin_episode(self) -> None:
+        """Called once per reset after the options are validated, before sampling."""
 
     def _sample_goal(self) -> np.ndarray:
         raise NotImplementedError
