@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 
 import h5py
 import numpy as np
@@ -107,7 +108,8 @@ class EpisodeWriter:
         self.compression = compression
         if self.path.exists() and mode == "error":
             raise FileExistsError(
-                f"{self.path} already exists; pass mode='append' to add episodes or mode='overwrite' to replace it"
+                f"{self.path} already exists; pass mode='append' to add episodes or "
+                "mode='overwrite' to replace it"
             )
         if self.path.exists() and mode == "append":
             self._file = self._open_existing(action_spec, env_id)
@@ -134,7 +136,9 @@ class EpisodeWriter:
         try:
             f = h5py.File(self.path, "a")
         except OSError as err:
-            raise ValueError(f"cannot open {self.path} for appending ({err}); close other readers or writers of it first") from err
+            raise ValueError(
+                f"cannot open {self.path} for appending ({err}); close other readers or writers of it first"
+            ) from err
         try:
             self._check_existing(f, action_spec, env_id)
         except Exception:
@@ -157,14 +161,19 @@ class EpisodeWriter:
         fix = "write to a new file or pass mode='overwrite' to replace it"
         missing = [k for k in INDEX_COLUMNS if k not in f]
         if missing:
-            raise ValueError(f"cannot append to {self.path}: it has no {'/'.join(missing)} episode index; {fix}")
+            raise ValueError(
+                f"cannot append to {self.path}: it has no {'/'.join(missing)} episode index; {fix}"
+            )
         old_id = _attr_str(f.attrs, "env_id")
         if env_id and old_id and env_id != old_id:
-            raise ValueError(f"cannot append {env_id!r} episodes to {self.path}: it holds {old_id!r} episodes; {fix}")
+            raise ValueError(
+                f"cannot append {env_id!r} episodes to {self.path}: it holds {old_id!r} episodes; {fix}"
+            )
         old_spec = _attr_str(f.attrs, "action_space")
         if action_spec is not None and old_spec and ActionSpec.from_json(old_spec) != action_spec:
             raise ValueError(
-                f"cannot append to {self.path}: its action space is {old_spec}, not {action_spec.to_json()}; {fix}"
+                f"cannot append to {self.path}: its action space is {old_spec}, "
+                f"not {action_spec.to_json()}; {fix}"
             )
         if action_spec is not None and "action" in f and f["action"].shape[1:] != (action_spec.raw_dim,):
             raise ValueError(
@@ -173,9 +182,16 @@ class EpisodeWriter:
             )
         ep_len, ep_offset = _indexed(f)
         rows = int(ep_offset[-1] + ep_len[-1]) if len(ep_len) else 0
-        short = [k for k, ds in f.items() if k not in INDEX_COLUMNS and isinstance(ds, h5py.Dataset) and len(ds) < rows]
+        short = [
+            k
+            for k, ds in f.items()
+            if k not in INDEX_COLUMNS and isinstance(ds, h5py.Dataset) and len(ds) < rows
+        ]
         if short:
-            raise ValueError(f"{self.path} is corrupt: columns {short} are shorter than its episode index says ({rows} rows)")
+            raise ValueError(
+                f"{self.path} is corrupt: columns {short} are shorter than its episode index "
+                f"says ({rows} rows)"
+            )
 
     # ---- public API ---------------------------------------------------------------------------------
 
@@ -215,8 +231,14 @@ class EpisodeWriter:
         lengths = {k: len(a) if a.ndim else 0 for k, a in arrays.items()}
         if len(set(lengths.values())) != 1 or 0 in lengths.values():
             raise ValueError(f"every column of an episode needs the same length T >= 1, got {lengths}")
-        if arrays["pixels"].dtype != np.uint8 or arrays["pixels"].ndim != 4 or arrays["pixels"].shape[-1] != 3:
-            raise ValueError(f"pixels must be uint8 [T, H, W, 3], got {arrays['pixels'].dtype} {arrays['pixels'].shape}")
+        if (
+            arrays["pixels"].dtype != np.uint8
+            or arrays["pixels"].ndim != 4
+            or arrays["pixels"].shape[-1] != 3
+        ):
+            raise ValueError(
+                f"pixels must be uint8 [T, H, W, 3], got {arrays['pixels'].dtype} {arrays['pixels'].shape}"
+            )
         schema = {k: (a.shape[1:], a.dtype) for k, a in arrays.items()}
         self.check_columns(schema)
         self._check_action_width(arrays["action"].shape[1])
@@ -263,7 +285,7 @@ class EpisodeWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "EpisodeWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -285,20 +307,22 @@ class EpisodeStore:
                 f"no episode store at {self.path}; collect one with `lewm collect ENV_ID --out {self.path}`"
             )
         if not h5py.is_hdf5(self.path):
-            raise ValueError(f"{self.path} is not an HDF5 file; an episode store is an .h5 file written by `lewm collect`")
+            raise ValueError(
+                f"{self.path} is not an HDF5 file; an episode store is an .h5 file written by `lewm collect`"
+            )
         self._file: h5py.File | None = None
         self._pid: int | None = None
         try:
             self._read_metadata(self._handle())
-        except Exception:
-            self.close()
-            raise
+        finally:
+            self.close()  # reopened on the first read: merely inspecting a store does not hold it open
 
     def _read_metadata(self, f: h5py.File) -> None:
         missing = [k for k in (*INDEX_COLUMNS, *REQUIRED_COLUMNS) if k not in f]
         if missing:
             raise ValueError(
-                f"{self.path} lacks the dataset(s) {missing} (it has {sorted(f.keys())}); an episode store needs "
+                f"{self.path} lacks the dataset(s) {missing} (it has {sorted(f.keys())}); "
+                "an episode store needs "
                 "pixels (N,H,W,3) uint8, action (N,A) and the ep_len/ep_offset episode index; "
                 "re-collect it with `lewm collect` or add the missing datasets with h5py"
             )
@@ -307,7 +331,9 @@ class EpisodeStore:
         rows = int((self.ep_offset + self.ep_len).max()) if len(self.ep_len) else 0
         short = {k: len(f[k]) for k in self.schema if len(f[k]) < rows}
         if short:
-            raise ValueError(f"{self.path} is corrupt: columns {short} are shorter than the {rows} rows its index covers")
+            raise ValueError(
+                f"{self.path} is corrupt: columns {short} are shorter than the {rows} rows its index covers"
+            )
         spec_json = _attr_str(f.attrs, "action_space")
         width = self.schema["action"][0][0] if self.schema["action"][0] else 1
         # Official files carry no action_space attribute; their actions are continuous.
@@ -320,7 +346,10 @@ class EpisodeStore:
             try:
                 self._file = h5py.File(self.path, "r", swmr=True, rdcc_nbytes=_READ_CACHE_BYTES)
             except OSError as err:
-                raise ValueError(f"cannot open {self.path} for reading ({err}); is a writer (e.g. a running collection) still using it?") from err
+                raise ValueError(
+                    f"cannot open {self.path} for reading ({err}); "
+                    "is a writer (e.g. a running collection) still using it?"
+                ) from err
             self._pid = os.getpid()
         return self._file
 
@@ -363,7 +392,7 @@ class EpisodeStore:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_file": None, "_pid": None}
 
-    def __enter__(self) -> "EpisodeStore":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
