@@ -10,8 +10,9 @@ Actions are OGBench's ``Box(-1, 1, (5,))``: end-effector displacement xyz, yaw, 
 Success (terminates): the cube centre is within 0.04 m of the target position (OGBench's rule).
 
 Layouts: start state = MuJoCo ``qpos`` (21) + ``qvel`` (20) of the whole scene; goal = target cube
-position ``(x, y, z)`` in metres; ``proprio`` = effector ``(x, y, z, yaw)`` and gripper opening
-in [0, 1] (5); observation ``state`` = start state + goal (44). The goal image shows the cube at the
+position ``(x, y, z)`` in metres; ``proprio`` = effector ``(x, y, z, yaw)``, gripper opening and
+gripper contact, both in [0, 1] (6, OGBench's own proprio features); observation ``state`` = start
+state + goal (44). The goal image shows the cube at the
 goal (arm at a random pose, as in OGBench's own goal images). The target marker is never drawn.
 
 Needs the optional extra ``cube`` (``pip install "lewm-agent[cube]"``, i.e. ``ogbench``).
@@ -31,6 +32,7 @@ from lewm_envs.base import GoalImageEnv, as_color, check_box, require
 from lewm_envs.mujoco_render import make_renderer, mujoco
 
 SUCCESS_RADIUS = 0.04  # m
+CUBE_QPOS = 14  # qpos address of the cube's free joint (after 6 arm and 8 gripper joints)
 GOAL_LOW, GOAL_HIGH = np.array([0.25, -0.35, 0.02]), np.array([0.6, 0.35, 0.35])  # OGBench's workspace
 TABLE_LOW, TABLE_HIGH = np.array([0.3, -0.3]), np.array([0.55, 0.3])  # OGBench's object sampling area
 JOINT_SLACK = 0.1  # joint limits are soft constraints, so observed angles can overshoot a little
@@ -58,7 +60,7 @@ class CubeEnv(GoalImageEnv):
         render_mode: only ``"rgb_array"``.
     """
 
-    goal_dim, proprio_dim = 3, 5
+    goal_dim, proprio_dim = 3, 6
 
     def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array") -> None:
         super().__init__(image_size, render_mode)
@@ -71,6 +73,7 @@ class CubeEnv(GoalImageEnv):
             rgba[:3] = self.sim._colors["purple"][:3] if name in PURPLE else rgba[:3]
             rgba[3] = alpha
         self._cube_qpos = self.model.joint("object_joint_0").qposadr[0]
+        assert self._cube_qpos == CUBE_QPOS, "OGBench's cube model changed; update CUBE_QPOS"
         self._cube_qvel = self.model.joint("object_joint_0").dofadr[0]
         self._target_mocap = self.sim._cube_target_mocap_ids[0]
         self._cube_color = self.sim._cube_colors[0].copy()
@@ -80,7 +83,7 @@ class CubeEnv(GoalImageEnv):
         qvel = np.full(self.model.nv, MAX_QVEL)
         state_low = np.concatenate([self._qpos_low, -qvel, GOAL_LOW])
         state_high = np.concatenate([self._qpos_high, qvel, GOAL_HIGH])
-        proprio_low, proprio_high = [-1.0, -1.0, -0.1, -np.pi, 0.0], [1.0, 1.0, 1.0, np.pi, 1.0]
+        proprio_low, proprio_high = [-1.0, -1.0, -0.1, -np.pi, 0.0, 0.0], [1.0, 1.0, 1.0, np.pi, 1.0, 1.0]
         self._build_observation_space((proprio_low, proprio_high), (state_low, state_high))
         self._renderer = make_renderer(self.model, self.image_size)
 
@@ -144,9 +147,8 @@ class CubeEnv(GoalImageEnv):
 
     def _proprio(self) -> np.ndarray:
         info = self.sim.compute_ob_info()
-        return np.concatenate(
-            [info["proprio/effector_pos"], info["proprio/effector_yaw"], info["proprio/gripper_opening"]]
-        )
+        keys = ("effector_pos", "effector_yaw", "gripper_opening", "gripper_contact")
+        return np.concatenate([info[f"proprio/{key}"] for key in keys])
 
     # ---- rendering ---------------------------------------------------------------------------------
 

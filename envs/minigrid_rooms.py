@@ -139,6 +139,8 @@ class MultiRoomEnv(GoalImageEnv):
         self.agent_color = AGENT_COLOR.copy()  # undo an earlier colour perturbation
         self._background = self._draw_background(goal.astype(int))
         self._background_small = self._shrink(self._background)
+        self._frame_base = self._background_small.round().astype(np.uint8)
+        self._agent_patches: dict[tuple, tuple[slice, slice, np.ndarray]] = {}
 
     def _place_state(self, state: np.ndarray) -> None:
         self.agent = state[:2].astype(np.int64)
@@ -195,19 +197,37 @@ class MultiRoomEnv(GoalImageEnv):
         return img
 
     def _shrink(self, img: np.ndarray, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
-        """Area-resize ``img`` (the hi-res pixels at ``rows``, ``cols``) to ``[image_size]^2 x 3``."""
+        """Area-resize the hi-res pixels ``img`` (at ``rows``, ``cols``) to the output size."""
         r_rows, r_cols = self._resize[:, rows], self._resize[:, cols].T
         # One 2-D matmul pair per channel: numpy's stacked matmul is several times slower here.
         return np.stack([r_rows @ img[..., c] @ r_cols for c in range(3)], axis=-1)
 
+    def _agent_patch(self, xy: np.ndarray, direction: int, color: tuple) -> tuple[slice, slice, np.ndarray]:
+        """The output pixels that change when the agent is drawn at ``xy``: (rows, cols, uint8 patch).
+
+        Resizing is linear, so the patch is the resized background plus the resized change of the
+        agent's cell. Patches are cached per episode, which keeps BLAS out of the per-step path
+        (it can stall for milliseconds when the cores are shared).
+        """
+        key = (int(xy[0]), int(xy[1]), direction, color)
+        if key not in self._agent_patches:
+            t, scale = self._tile, self.image_size / self._resize.shape[1]
+            rows, cols = slice(xy[1] * t, (xy[1] + 1) * t), slice(xy[0] * t, (xy[0] + 1) * t)
+            out_rows = slice(int(rows.start * scale), math.ceil(rows.stop * scale))
+            out_cols = slice(int(cols.start * scale), math.ceil(cols.stop * scale))
+            kind = GOAL if np.array_equal(xy, self.goal_state) else FLOOR
+            delta = self._tile_image(kind, direction, color) - self._background[rows, cols]
+            r_rows, r_cols = self._resize[out_rows, rows], self._resize[out_cols, cols].T
+            change = np.stack([r_rows @ delta[..., c] @ r_cols for c in range(3)], axis=-1)
+            patch = (self._background_small[out_rows, out_cols] + change).round().astype(np.uint8)
+            self._agent_patches[key] = (out_rows, out_cols, patch)
+        return self._agent_patches[key]
+
     def _draw(self, xy: np.ndarray, direction: int, color: np.ndarray) -> np.ndarray:
-        # Resizing is linear, so only the agent's cell needs resizing: add its change to the background.
-        t = self._tile
-        rows, cols = slice(xy[1] * t, (xy[1] + 1) * t), slice(xy[0] * t, (xy[0] + 1) * t)
-        kind = GOAL if np.array_equal(xy, self.goal_state) else FLOOR
-        tile = self._tile_image(kind, direction, tuple(int(c) for c in color))
-        out = self._background_small + self._shrink(tile - self._background[rows, cols], rows, cols)
-        return out.round().astype(np.uint8)
+        rows, cols, patch = self._agent_patch(xy, direction, tuple(int(c) for c in color))
+        img = self._frame_base.copy()
+        img[rows, cols] = patch
+        return img
 
     def _render_frame(self) -> np.ndarray:
         return self._draw(self.agent, self.direction, self.agent_color)

@@ -5,7 +5,8 @@ are world pixels, y pointing down as on screen) with walls 5 px from each edge; 
 agent (radius 15) and a dynamic T block (two 30-px-thick bars: 120 x 30 top, 30 x 90 stem, mass 1,
 friction 1, no gravity, space damping 0 so the block stops when it is no longer pushed). An action
 ``a`` in ``[-1, 1]^2`` sets the PD target ``agent_pos + 100 * a``; the controller (k_p = 100,
-k_v = 20) runs for 10 substeps of dt = 0.01 s (10 Hz control).
+k_v = 20) runs for 10 substeps of dt = 0.01 s (10 Hz control). The target is clipped to [20, 492]
+because pymunk never stops a kinematic body at static walls, so the agent could otherwise leave.
 
 Success (terminates): block position error < 20 px and wrapped angle error < pi/9. With
 ``dino_wm_success=True`` the position error is instead the L2 norm over (agent xy, block xy), the
@@ -170,7 +171,7 @@ class PushTEnv(GoalImageEnv):
 
     def _simulate(self, action: Any) -> None:
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
-        target = np.asarray(self.agent.position) + ACTION_SCALE * a
+        target = np.clip(np.asarray(self.agent.position) + ACTION_SCALE * a, POS_LOW, POS_HIGH)
         for _ in range(SUBSTEPS):
             pos, vel = np.asarray(self.agent.position), np.asarray(self.agent.velocity)
             self.agent.velocity = tuple(vel + (K_P * (target - pos) - K_V * vel) * DT)
