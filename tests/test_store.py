@@ -157,9 +157,11 @@ def test_append_with_other_layout_is_refused_untouched(tmp_path, change, match):
     write(path, [5, 7])
     episode = make_episode(4, 9)
     change(episode)
-    with EpisodeWriter(path, action_spec=SPEC, env_id="test/Env-v0") as w:
-        with pytest.raises(ValueError, match=match):
-            w.add_episode(episode)
+    with (
+        EpisodeWriter(path, action_spec=SPEC, env_id="test/Env-v0") as w,
+        pytest.raises(ValueError, match=match),
+    ):
+        w.add_episode(episode)
     store = EpisodeStore(path)
     assert store.num_episodes == 2
     assert_episode(store, 1, 1, 7)
@@ -264,3 +266,12 @@ def test_killed_writer_leaves_finished_episodes_readable(tmp_path, request):
     assert store.ep_offset[-1] == store.ep_offset[-2] + store.ep_len[-2]
     with h5py.File(path, "r") as f:
         assert len(f["pixels"]) == store.ep_len.sum()  # trailing rows of the killed write are gone
+
+
+def test_missing_compression_filter_is_reported_up_front(tmp_path, monkeypatch):
+    path = tmp_path / "d.h5"
+    write(path, [3], compression="gzip")
+    assert EpisodeStore(path).episode(0)["pixels"].shape == (3, 8, 8, 3)
+    monkeypatch.setattr(h5py.h5z, "filter_avail", lambda code: code != h5py.h5z.FILTER_DEFLATE)
+    with pytest.raises(ValueError, match="pip install hdf5plugin"):
+        EpisodeStore(path)

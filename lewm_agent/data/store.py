@@ -27,6 +27,11 @@ import numpy as np
 
 from lewm_agent.spaces import ActionSpec
 
+try:  # registers the Blosc / Zstd / LZ4 HDF5 filters that some published datasets are compressed with
+    import hdf5plugin  # noqa: F401
+except ImportError:
+    pass
+
 FORMAT_VERSION = 1
 INDEX_COLUMNS = ("ep_len", "ep_offset")
 REQUIRED_COLUMNS = ("pixels", "action")
@@ -70,6 +75,18 @@ def _indexed(f: h5py.File) -> tuple[np.ndarray, np.ndarray]:
     writer died between appending one and the other; that last entry is then not an episode."""
     n = min(len(f["ep_len"]), len(f["ep_offset"]))
     return f["ep_len"][:n].astype(np.int64), f["ep_offset"][:n].astype(np.int64)
+
+
+def _check_filters(ds: h5py.Dataset, path: Path) -> None:
+    """Fail now, not mid-training, if a column needs an HDF5 compression filter that is not installed."""
+    plist = ds.id.get_create_plist()
+    for k in range(plist.get_nfilters()):
+        code, _, _, name = plist.get_filter(k)
+        if not h5py.h5z.filter_avail(code):
+            raise ValueError(
+                f"{path}: column {ds.name.lstrip('/')!r} is compressed with the HDF5 filter "
+                f"{name.decode() or code} (id {code}), which is not installed; `pip install hdf5plugin` adds it"
+            )
 
 
 def _format_schema(schema: Schema) -> str:
@@ -336,6 +353,8 @@ class EpisodeStore:
             raise ValueError(
                 f"{self.path} is corrupt: columns {short} are shorter than the {rows} rows its index covers"
             )
+        for name in self.schema:
+            _check_filters(f[name], self.path)
         spec_json = _attr_str(f.attrs, "action_space")
         width = self.schema["action"][0][0] if self.schema["action"][0] else 1
         # Official files carry no action_space attribute; their actions are continuous.
