@@ -103,8 +103,9 @@ class EpisodeWriter:
         action_spec: the env's action space; saved as the ``action_space`` attribute. When None it is
             taken from an existing file, else inferred as continuous from the first episode.
         env_id: saved as the ``env_id`` attribute; appending with a different id is refused.
-        compression: HDF5 filter for new columns (``None``, ``"lzf"`` or ``"gzip"``); the default
-            ``None`` keeps writes and random reads fastest.
+        compression: HDF5 filter for new columns: ``"lzf"`` (default; on rendered frames ~10x smaller
+            than raw and as fast to write and read, since less goes to disk), ``"gzip"`` (~2x smaller
+            again, slower writes) or ``None``. h5py reads all three without extra packages.
 
     Use as a context manager. Appending to a file whose env, action space or columns (names, row
     shapes, dtypes) differ raises ValueError before anything is written; existing episodes are never
@@ -118,7 +119,7 @@ class EpisodeWriter:
         *,
         action_spec: ActionSpec | None = None,
         env_id: str | None = None,
-        compression: str | None = None,
+        compression: str | None = "lzf",
     ) -> None:
         if mode not in WRITE_MODES:
             raise ValueError(f"mode must be one of {WRITE_MODES}, got {mode!r}")
