@@ -33,7 +33,7 @@ from lewm_envs.mujoco_render import make_renderer, mujoco
 
 SUCCESS_RADIUS = 0.04  # m
 CUBE_QPOS = 14  # qpos address of the cube's free joint (after 6 arm and 8 gripper joints)
-GOAL_LOW, GOAL_HIGH = np.array([0.25, -0.35, 0.02]), np.array([0.6, 0.35, 0.35])  # OGBench's workspace
+GOAL_LOW, GOAL_HIGH = np.array([0.25, -0.35, 0.0]), np.array([0.6, 0.35, 0.35])  # OGBench workspace, z from the table
 TABLE_LOW, TABLE_HIGH = np.array([0.3, -0.3]), np.array([0.55, 0.3])  # OGBench's object sampling area
 JOINT_SLACK = 0.1  # joint limits are soft constraints, so observed angles can overshoot a little
 MAX_QVEL = 100.0

@@ -77,7 +77,7 @@ class ReacherEnv(GoalImageEnv):
         check_box(f"{name} qvel (rad/s)", state[2:4], np.full(2, -MAX_QVEL), np.full(2, MAX_QVEL))
 
     def _check_goal(self, goal: np.ndarray) -> None:
-        self._check_state(goal, "options['goal_state']")
+        check_box("options['goal_state'] qpos (rad)", goal, QPOS_LOW, QPOS_HIGH)
 
     def _sample_qpos(self) -> np.ndarray:
         return self.np_random.uniform(QPOS_LOW, QPOS_HIGH)
