@@ -72,6 +72,8 @@ def test_layout_matches_official(tmp_path):
         for k in ("pixels", "action", "state", "ep_len", "ep_offset"):
             assert f[k].maxshape[0] is None and f[k].chunks is not None  # resizable along axis 0
         assert f["pixels"].chunks == (1, 8, 8, 3)  # one frame per chunk, as official files
+        # only write-once frame chunks are compressed: rewritten compressed chunks move (not crash-safe)
+        assert f["pixels"].compression == "lzf" and f["action"].compression is None
         assert np.isnan(f["action"][4]).all() and np.isnan(f["action"][11]).all()
         assert ActionSpec.from_json(f.attrs["action_space"]) == SPEC
         assert f.attrs["env_id"] == "test/Env-v0" and f.attrs["format_version"] == FORMAT_VERSION

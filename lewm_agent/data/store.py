@@ -103,9 +103,10 @@ class EpisodeWriter:
         action_spec: the env's action space; saved as the ``action_space`` attribute. When None it is
             taken from an existing file, else inferred as continuous from the first episode.
         env_id: saved as the ``env_id`` attribute; appending with a different id is refused.
-        compression: HDF5 filter for new columns: ``"lzf"`` (default; on rendered frames ~10x smaller
-            than raw and as fast to write and read, since less goes to disk), ``"gzip"`` (~2x smaller
-            again, slower writes) or ``None``. h5py reads all three without extra packages.
+        compression: HDF5 filter for new image columns: ``"lzf"`` (default; rendered frames get ~10x
+            smaller and write and read no slower, since less goes to disk), ``"gzip"`` (~2x smaller
+            again, slower writes) or ``None``. h5py reads all three without extra packages. Other
+            columns stay uncompressed (see ``_create_columns``).
 
     Use as a context manager. Appending to a file whose env, action space or columns (names, row
     shapes, dtypes) differ raises ValueError before anything is written; existing episodes are never
@@ -290,13 +291,17 @@ class EpisodeWriter:
 
     def _create_columns(self, schema: Schema) -> None:
         for name, (shape, dtype) in schema.items():
+            # Only one-frame image chunks are compressed: they are written once. A compressed chunk
+            # shared by several episodes moves in the file each time it is rewritten, and a writer
+            # killed before its next flush could leave finished episodes pointing at reused space.
+            image = _is_image(shape, dtype)
             self._file.create_dataset(
                 name,
                 (0, *shape),
                 maxshape=(None, *shape),
                 dtype=dtype,
                 chunks=(_chunk_rows(shape, dtype), *shape),
-                compression=self.compression,
+                compression=self.compression if image else None,
             )
 
     def close(self) -> None:
