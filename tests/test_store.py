@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -277,3 +278,19 @@ def test_missing_compression_filter_is_reported_up_front(tmp_path, monkeypatch):
     monkeypatch.setattr(h5py.h5z, "filter_avail", lambda code: code != h5py.h5z.FILTER_DEFLATE)
     with pytest.raises(ValueError, match="pip install hdf5plugin"):
         EpisodeStore(path)
+
+
+@pytest.mark.slow
+def test_writer_survives_repeated_random_kills(tmp_path, request):
+    path = tmp_path / "d.h5"
+    script = WRITER_SCRIPT.format(tests=str(request.path.parent), path=str(path))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()
+        time.sleep(rng.uniform(0, 0.3))  # anywhere in the write / flush cycle
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with EpisodeStore(path) as store:
+            for tag in range(store.num_episodes):
+                assert_episode(store, tag, tag, 40 + tag % 7, size=32)
