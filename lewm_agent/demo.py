@@ -9,7 +9,7 @@ interruption resumes where it stopped (collection appends, training resumes from
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_ID = "lewm/TwoRoom-v0"
@@ -31,6 +31,7 @@ class DemoConfig:
     device: str = "auto"
     eval_count: int = 50
     progress: bool = True
+    planner_overrides: dict = field(default_factory=dict)  # e.g. {"num_samples": 100}; default: the paper's CEM
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -67,7 +68,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     stage(f"4/4 evaluating: {cfg.eval_count} start/goal pairs from the held-out episodes, LeWM vs random")
     report = evaluate(
         run_dir, data=eval_data, out=out / "eval", protocol=Protocol(episodes=cfg.eval_count), device=cfg.device,
-        progress=cfg.progress,
+        progress=cfg.progress, **cfg.planner_overrides,
     )
     lewm, rand = report["policies"]["LeWM"], report["policies"]["random"]
     stage(

@@ -48,9 +48,9 @@ def evaluate(
         raise ValueError(f"{run_dir} does not record its env id: pass env_id (--env)")
     out = Path(out) if out else run_dir / "eval"
     if data is not None:
-        store = EpisodeStore(data)
-        specs, mode = dataset_episodes(store, protocol), "dataset"
-        image_size = int(store.read("pixels", 0).shape[0])
+        with EpisodeStore(data) as store:  # closed at once: a later collection may append to it
+            specs, mode = dataset_episodes(store, protocol), "dataset"
+            image_size = int(store.read("pixels", 0).shape[0])
     else:
         specs, mode = env_episodes(protocol), "env-sampled"
         image_size = config["model"]["image_size"]
