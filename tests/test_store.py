@@ -208,6 +208,9 @@ def test_reader_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="not an HDF5 file"):
         EpisodeWriter(tmp_path / "text.h5")
     assert (tmp_path / "text.h5").read_text() == "not hdf5"
+    EpisodeWriter(tmp_path / "empty.h5").close()  # e.g. a collection killed before its first episode
+    with pytest.raises(ValueError, match="no finished episode"):
+        EpisodeStore(tmp_path / "empty.h5")
     for missing in ("ep_len", "ep_offset", "pixels", "action"):
         path = tmp_path / f"no_{missing}.h5"
         write_official(path)

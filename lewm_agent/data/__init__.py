@@ -5,6 +5,8 @@
     train_idx, val_idx = split_episodes(EpisodeStore("tworoom.h5").num_episodes)
     train = SequenceDataset("tworoom.h5", num_steps=4, frameskip=5, episodes=train_idx)
     val = SequenceDataset("tworoom.h5", num_steps=4, frameskip=5, episodes=val_idx, codec=train.codec)
+
+Layout and guarantees: :mod:`lewm_agent.data.store`; windows: :mod:`lewm_agent.data.dataset`.
 """
 
 from .collector import collect, episode_seeds, shard_episodes

@@ -37,6 +37,7 @@ INDEX_COLUMNS = ("ep_len", "ep_offset")
 REQUIRED_COLUMNS = ("pixels", "action")
 WRITE_MODES = ("append", "overwrite", "error")
 _CHUNK_BYTES = 1 << 16  # low-dimensional columns: ~64 KiB chunks; images: one frame per chunk
+_REPLACE = "write to another file, or delete this one (EpisodeWriter mode='overwrite' replaces it)"
 _READ_CACHE_BYTES = 64 << 20  # HDF5 chunk cache per open reader
 _ROW_READS = 64  # up to this many scattered rows are read one by one (see EpisodeStore.read)
 
@@ -149,10 +150,7 @@ class EpisodeWriter:
 
     def _open_existing(self, action_spec: ActionSpec | None, env_id: str | None) -> h5py.File:
         if not h5py.is_hdf5(self.path):
-            raise ValueError(
-                f"{self.path} exists and is not an HDF5 file; choose another output path or pass "
-                "mode='overwrite' to replace it"
-            )
+            raise ValueError(f"{self.path} exists and is not an HDF5 file; {_REPLACE}")
         try:
             f = h5py.File(self.path, "a")
         except OSError as err:
@@ -178,27 +176,26 @@ class EpisodeWriter:
         return f
 
     def _check_existing(self, f: h5py.File, action_spec: ActionSpec | None, env_id: str | None) -> None:
-        fix = "write to a new file or pass mode='overwrite' to replace it"
         missing = [k for k in INDEX_COLUMNS if k not in f]
         if missing:
             raise ValueError(
-                f"cannot append to {self.path}: it has no {'/'.join(missing)} episode index; {fix}"
+                f"cannot append to {self.path}: it has no {'/'.join(missing)} episode index; {_REPLACE}"
             )
         old_id = _attr_str(f.attrs, "env_id")
         if env_id and old_id and env_id != old_id:
             raise ValueError(
-                f"cannot append {env_id!r} episodes to {self.path}: it holds {old_id!r} episodes; {fix}"
+                f"cannot append {env_id!r} episodes to {self.path}: it holds {old_id!r} episodes; {_REPLACE}"
             )
         old_spec = _attr_str(f.attrs, "action_space")
         if action_spec is not None and old_spec and ActionSpec.from_json(old_spec) != action_spec:
             raise ValueError(
                 f"cannot append to {self.path}: its action space is {old_spec}, "
-                f"not {action_spec.to_json()}; {fix}"
+                f"not {action_spec.to_json()}; {_REPLACE}"
             )
         if action_spec is not None and "action" in f and f["action"].shape[1:] != (action_spec.raw_dim,):
             raise ValueError(
                 f"cannot append to {self.path}: its action rows have shape {f['action'].shape[1:]}, but "
-                f"{action_spec.to_json()} stores ({action_spec.raw_dim},); {fix}"
+                f"{action_spec.to_json()} stores ({action_spec.raw_dim},); {_REPLACE}"
             )
         ep_len, ep_offset = _indexed(f)
         rows = int(ep_offset[-1] + ep_len[-1]) if len(ep_len) else 0
@@ -230,7 +227,7 @@ class EpisodeWriter:
         if locked and {k: (tuple(s), np.dtype(d)) for k, (s, d) in schema.items()} != locked:
             raise ValueError(
                 f"cannot append to {self.path}: its columns are [{_format_schema(locked)}] but the new "
-                f"episodes have [{_format_schema(schema)}]; write to a new file or pass mode='overwrite'"
+                f"episodes have [{_format_schema(schema)}]; {_REPLACE}"
             )
 
     def add_episode(self, columns: Mapping[str, np.ndarray]) -> int:
@@ -344,6 +341,11 @@ class EpisodeStore:
 
     def _read_metadata(self, f: h5py.File) -> None:
         missing = [k for k in (*INDEX_COLUMNS, *REQUIRED_COLUMNS) if k not in f]
+        if missing and not set(missing) & set(INDEX_COLUMNS) and not len(f["ep_len"]):
+            raise ValueError(
+                f"{self.path} holds no finished episode yet (an interrupted collection?); run the same "
+                "`lewm collect` command again to resume it"
+            )
         if missing:
             raise ValueError(
                 f"{self.path} lacks the dataset(s) {missing} (it has {sorted(f.keys())}); "
