@@ -140,11 +140,11 @@ def make_policy(
     ``env_id`` (default ``env.spec.id``) names the env for ``"expert"``; ``noise`` overrides the
     expert's default action noise (``"expert:0.3"`` does the same from a string).
     """
-    single = isinstance(env, gym.vector.VectorEnv)
-    action_space = env.single_action_space if single else env.action_space
-    observation_space = env.single_observation_space if single else env.observation_space
     if isinstance(spec, Policy):
         return spec
+    vector = isinstance(env, gym.vector.VectorEnv)
+    action_space = env.single_action_space if vector else env.action_space
+    observation_space = env.single_observation_space if vector else env.observation_space
     if callable(spec):
         return CallablePolicy(spec)
     if not isinstance(spec, str):
@@ -165,7 +165,7 @@ def make_policy(
         return ExpertPolicy(env_id, noise)
     if spec.startswith("sb3:"):
         parts = spec.split(":", 2)
-        # "sb3:PPO:model.zip" names the algorithm; "sb3:model.zip" (or "sb3:C:/x.zip") detects it
+        # "sb3:PPO:model.zip" names the algorithm; "sb3:model.zip" detects it from the zip
         if len(parts) == 3 and parts[1].isidentifier():
             return SB3Policy(parts[2], parts[1], observation_space)
         return SB3Policy(spec[4:], None, observation_space)
