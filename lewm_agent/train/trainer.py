@@ -196,7 +196,6 @@ class Trainer:
 
         store = EpisodeStore(cfg.data)
         self.spec = store.action_spec
-        self.env_id = store.attrs.get("env_id") if hasattr(store, "attrs") else getattr(store, "env_id", None)
         self.model_config = self._model_config()
 
         train_idx, val_idx = split_episodes(store.num_episodes, cfg.val_fraction, cfg.split_seed)
@@ -204,17 +203,17 @@ class Trainer:
         data_kw = dict(num_steps=num_steps, frameskip=cfg.frameskip, image_size=self.model_config.image_size)
         self.train_set = SequenceDataset(store, episodes=train_idx, **data_kw)
         self.codec = self.train_set.codec
-        self.val_set = SequenceDataset(store, episodes=val_idx, codec=self.codec, **data_kw) if len(val_idx) else None
+        # Validation is skipped rather than refused when no validation episode fits a window.
+        val_fits = len(val_idx) and (store.ep_len[val_idx] >= num_steps * cfg.frameskip).any()
+        self.val_set = SequenceDataset(store, episodes=val_idx, codec=self.codec, **data_kw) if val_fits else None
         if len(self.train_set) < cfg.batch_size:
-            longest = int(np.max(store.ep_len[:])) if hasattr(store, "ep_len") else "?"
             raise ValueError(
-                f"{cfg.data}: the {len(train_idx)} training episodes hold {len(self.train_set)} windows of "
-                f"{num_steps} frames at frameskip {cfg.frameskip} (each needs {num_steps * cfg.frameskip} "
-                f"steps; the longest episode has {longest}), fewer than one batch of {cfg.batch_size}. "
-                "Lower --batch-size or --frameskip, or collect more or longer episodes."
+                f"{cfg.data}: the {len(train_idx)} training episodes hold only {len(self.train_set)} windows of "
+                f"{num_steps} frames at frameskip {cfg.frameskip}, fewer than one batch of {cfg.batch_size}; "
+                "lower --batch-size, or collect more or longer episodes"
             )
         self.data_meta = {
-            "env_id": self.env_id, "path": str(Path(cfg.data).resolve()), "frameskip": cfg.frameskip,
+            "env_id": store.env_id, "path": str(Path(cfg.data).resolve()), "frameskip": cfg.frameskip,
             "history": cfg.history, "image_size": self.model_config.image_size,
             "num_episodes": int(store.num_episodes), "train_episodes": len(train_idx), "val_episodes": len(val_idx),
         }
