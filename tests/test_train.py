@@ -107,10 +107,16 @@ def test_more_epochs_continue_and_finished_run_is_left_alone(tmp_path):
     assert json.loads((run / CONFIG_FILE).read_text())["train"]["epoch"] == 2
 
 
-def test_steps_override_epochs(tmp_path):
+def test_steps_override_epochs_and_extend_mid_epoch(tmp_path):
     run = train(make_cfg(tmp_path, steps=3, epochs=50))
     config = json.loads((run / CONFIG_FILE).read_text())
-    assert config["train"]["step"] == 3
+    assert (config["train"]["step"], config["train"]["epoch"], config["train"]["epoch_step"]) == (3, 0, 3)
+    train(make_cfg(tmp_path, steps=20, tensorboard=True))  # continues inside epoch 1
+    config = json.loads((run / CONFIG_FILE).read_text())
+    assert config["train"]["step"] == 20
+    with open(run / METRICS_FILE) as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [3, 14, 20]
+    assert any((run / "tensorboard").iterdir())
 
 
 def test_different_settings_refused_without_touching_files(tmp_path):

@@ -52,7 +52,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lewm_agent.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_write, read_config, save_checkpoint
+from lewm_agent.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    atomic_write,
+    read_config,
+    save_checkpoint,
+)
 from lewm_agent.model import LeWM, preset_config
 from lewm_agent.model.lewm import PRESETS
 from lewm_agent.train import distributed
@@ -288,11 +295,11 @@ class Trainer:
         """Refuse to resume a run with settings that would make it a different run."""
         old_train = existing.get("train", {}).get("config", {})
         new_model = json.loads(json.dumps(asdict(self.model_config)))
-        problems = []
-        if old_train.get("preset") != self.cfg.preset:
-            problems.append(f"preset {old_train.get('preset')!r} vs {self.cfg.preset!r}")
-        problems += [f"model {k}={v!r} vs {new_model.get(k)!r}" for k, v in existing["model"].items()
-                     if new_model.get(k) != v]
+        if old_train.get("preset") != self.cfg.preset:  # the model settings then differ too; name only the cause
+            problems = [f"preset {old_train.get('preset')!r} vs {self.cfg.preset!r}"]
+        else:
+            problems = [f"model {k}={v!r} vs {new_model.get(k)!r}" for k, v in existing["model"].items()
+                        if new_model.get(k) != v]
         problems += [f"{k}={old_train.get(k)!r} vs {getattr(self.cfg, k)!r}" for k in RESUME_KEYS
                      if old_train.get(k) != getattr(self.cfg, k)]
         old_data = existing.get("data", {})
@@ -320,7 +327,7 @@ class Trainer:
         state = torch.load(self.run_dir / STATE_FILE, map_location="cpu", weights_only=True)
         step = self.existing["train"]["step"]
         if state["step"] != step:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{self.run_dir}: {STATE_FILE} is from step {state['step']} but {CONFIG_FILE} from step "
                 f"{step} (the process died while saving); resume is not possible, choose a new --out")
         import safetensors.torch
