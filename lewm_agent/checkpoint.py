@@ -185,13 +185,12 @@ def describe_checkpoint(run_dir: str | Path) -> str:
     if spec.get("low") is not None:
         space += f", low {spec['low']}, high {spec['high']}"
     lines = [
-        f"LeWM checkpoint {run_dir} (format {config['format_version']}, "
-        f"lewm-agent {config.get('package_version')})",
-        f"  preset:     {train.get('config', {}).get('preset', 'custom')}, "
-        f"{config.get('num_parameters', 0):,} parameters",
-        f"  model:      {m['image_size']} px / patch {m['patch_size']}, encoder {m['enc_depth']} x {m['enc_dim']}, "
-        f"latent {m['embed_dim']}, predictor {m['pred_depth']} x {m['pred_heads']} heads, "
-        f"history {m['history']}, lambda {m['sigreg_weight']}",
+        f"LeWM checkpoint {run_dir} (format {config['format_version']}, lewm-agent {config.get('package_version')})",
+        (f"  preset:     {train.get('config', {}).get('preset', 'custom')}, "
+         f"{config.get('num_parameters', 0):,} parameters"),
+        (f"  model:      {m['image_size']} px / patch {m['patch_size']}, encoder {m['enc_depth']} x {m['enc_dim']}, "
+         f"latent {m['embed_dim']}, predictor {m['pred_depth']} x {m['pred_heads']} heads, "
+         f"history {m['history']}, lambda {m['sigreg_weight']}"),
         f"  actions:    {space}; blocks of {m['action_block']} steps",
         f"  env:        {data.get('env_id') or 'unknown'}",
     ]

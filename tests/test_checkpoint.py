@@ -18,8 +18,9 @@ from lewm_agent.checkpoint import (
 from lewm_agent.model import LeWM
 from lewm_agent.spaces import ActionCodec, ActionSpec
 
-TINY = dict(image_size=32, patch_size=16, enc_dim=32, enc_depth=1, enc_heads=2, enc_mlp_dim=64, embed_dim=16,
-            proj_hidden=32, pred_depth=1, pred_heads=2, pred_dim_head=8, pred_mlp_dim=32, sigreg_num_proj=32)
+TINY = {"image_size": 32, "patch_size": 16, "enc_dim": 32, "enc_depth": 1, "enc_heads": 2, "enc_mlp_dim": 64,
+        "embed_dim": 16, "proj_hidden": 32, "pred_depth": 1, "pred_heads": 2, "pred_dim_head": 8, "pred_mlp_dim": 32,
+        "sigreg_num_proj": 32}
 META = {"data": {"env_id": "lewm/TwoRoom-v0", "path": "data.h5", "num_episodes": 3, "frameskip": 5},
         "train": {"config": {"preset": "tiny"}, "epoch": 2, "step": 10,
                   "val_loss": {"loss": 0.5, "pred_loss": 0.25, "sigreg_loss": 2.5}}}

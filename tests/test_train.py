@@ -13,8 +13,9 @@ from lewm_agent.train import TrainConfig, Trainer, train
 from lewm_agent.train.trainer import METRIC_COLUMNS, METRICS_FILE, STATE_FILE, epoch_batches, lr_factor
 
 # A model small enough that an epoch of a few steps takes well under a second on a CPU.
-TINY = dict(image_size=16, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2, enc_mlp_dim=64, embed_dim=16,
-            proj_hidden=32, pred_depth=1, pred_heads=2, pred_dim_head=8, pred_mlp_dim=32, sigreg_num_proj=32)
+TINY = {"image_size": 16, "patch_size": 8, "enc_dim": 32, "enc_depth": 1, "enc_heads": 2, "enc_mlp_dim": 64,
+        "embed_dim": 16, "proj_hidden": 32, "pred_depth": 1, "pred_heads": 2, "pred_dim_head": 8, "pred_mlp_dim": 32,
+        "sigreg_num_proj": 32}
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +47,8 @@ def make_cfg(tmp_path, out="run", **kw):
     data = tmp_path / "data.h5"
     if not data.exists():
         write_store(data)
-    base = dict(data=str(data), out=str(tmp_path / out), preset="tiny", epochs=2, batch_size=8, frameskip=2,
-                val_fraction=0.2, progress=False, model_overrides=dict(TINY))
+    base = {"data": str(data), "out": str(tmp_path / out), "preset": "tiny", "epochs": 2, "batch_size": 8,
+            "frameskip": 2, "val_fraction": 0.2, "progress": False, "model_overrides": dict(TINY)}
     return TrainConfig(**{**base, **kw})
 
 
@@ -63,7 +64,7 @@ def test_run_folder_and_metrics(tmp_path):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == METRIC_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
     assert all(np.isfinite(float(r[k])) for r in rows for k in ("train_loss", "val_loss", "lr"))
-    model, codec, config = load_checkpoint(run, device="cpu")
+    _, codec, config = load_checkpoint(run, device="cpu")
     assert config["train"]["epoch"] == 2 and config["data"]["frameskip"] == 2
     assert config["model"]["sigreg_weight"] == 0.09 and codec.spec.dim == 2
     state = torch.load(run / STATE_FILE, weights_only=True)
@@ -206,7 +207,7 @@ def test_torchrun_two_processes(tmp_path):
     # --standalone: a local rendezvous on a free port (--master_port=0 hung here on some runs).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script), data, str(tmp_path / "ddp"), repr(TINY)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = train(make_cfg(tmp_path, out="single"))
     ddp = json.loads((tmp_path / "ddp" / CONFIG_FILE).read_text())["train"]

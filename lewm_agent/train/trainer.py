@@ -60,8 +60,7 @@ from lewm_agent.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from lewm_agent.model import LeWM, preset_config
-from lewm_agent.model.lewm import PRESETS
+from lewm_agent.model import PRESETS, LeWM, preset_config
 from lewm_agent.train import distributed
 from lewm_agent.utils import seed_everything
 
@@ -207,7 +206,7 @@ class Trainer:
 
         train_idx, val_idx = split_episodes(store.num_episodes, cfg.val_fraction, cfg.split_seed)
         num_steps = cfg.history + 1
-        data_kw = dict(num_steps=num_steps, frameskip=cfg.frameskip, image_size=self.model_config.image_size)
+        data_kw = {"num_steps": num_steps, "frameskip": cfg.frameskip, "image_size": self.model_config.image_size}
         self.train_set = SequenceDataset(store, episodes=train_idx, **data_kw)
         self.codec = self.train_set.codec
         # Validation is skipped rather than refused when no validation episode fits a window.
