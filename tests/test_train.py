@@ -215,3 +215,25 @@ def test_torchrun_two_processes(tmp_path):
     assert ddp["step"] == json.loads((single / CONFIG_FILE).read_text())["train"]["step"]
     assert np.isfinite(ddp["val_loss"]["loss"])
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if p.suffix == ".tmp") == []
+
+
+def test_precise_bn_makes_eval_mode_match_train_mode():
+    """After recalibration the eval-mode BatchNorm statistics are the average batch statistics."""
+    import torch
+
+    from lewm_agent.model import LeWM
+    from lewm_agent.train.precise_bn import recompute_batchnorm
+
+    torch.manual_seed(0)
+    model = LeWM.from_preset("tiny", action_dim=2, enc_depth=1, sigreg_num_proj=16)
+    batches = [{"pixels": torch.randint(0, 256, (8, 4, 3, 64, 64), dtype=torch.uint8) // (k + 1),
+                "action": torch.randn(8, 4, 10)} for k in range(3)]
+    bn = model.projector.net[1]
+    assert torch.all(bn.running_mean == 0)
+    assert recompute_batchnorm(model, batches) == 3
+    with torch.no_grad():
+        hidden = [model.projector.net[0](model.encoder(
+            (b["pixels"].flatten(0, 1).float() / 255 - model.pixel_mean) / model.pixel_std)) for b in batches]
+    expected = torch.stack([h.mean(0) for h in hidden]).mean(0)
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+    assert bn.momentum == 0.1 and model.training  # momentum and mode are restored

@@ -62,6 +62,7 @@ from lewm_agent.checkpoint import (
 )
 from lewm_agent.model import PRESETS, LeWM, preset_config
 from lewm_agent.train import distributed
+from lewm_agent.train.precise_bn import recompute_batchnorm
 from lewm_agent.utils import seed_everything
 
 STATE_FILE = "trainer_state.pt"
@@ -100,6 +101,9 @@ class TrainConfig:
     num_workers: int | None = None  # None: 0 on CPU (the cores are busy training), 2 on accelerators
     tensorboard: bool = False
     progress: bool = True
+    # Batches over which BatchNorm statistics are re-estimated before each checkpoint; 0 keeps the
+    # official moving averages, which lag the weights at the high learning rates of short CPU runs.
+    precise_bn_batches: int = 20
     model_overrides: dict = field(default_factory=dict)  # any LeWMConfig setting
 
     def check(self) -> None:
@@ -112,6 +116,8 @@ class TrainConfig:
         for name, v in positive.items():
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.precise_bn_batches, int) or self.precise_bn_batches < 0:
+            raise ValueError(f"TrainConfig.precise_bn_batches must be an integer >= 0, got {self.precise_bn_batches!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("lr", "weight_decay", "warmup", "grad_clip", "sigreg_weight"):
@@ -401,6 +407,7 @@ class Trainer:
         self.epoch_step = start + len(batches)
         if self.epoch_step == self.steps_per_epoch:
             self.epoch, self.epoch_step = epoch + 1, 0
+        self._recalibrate_batchnorm(epoch)
         self.seconds += time.perf_counter() - t0
         val = self.validate()
         self._end_epoch(epoch + 1, dict(zip(LOSS_KEYS, train_means)), val)
@@ -417,6 +424,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return out
+
+    def _recalibrate_batchnorm(self, epoch: int) -> None:
+        """Precise BN before each checkpoint (see :mod:`lewm_agent.train.precise_bn`): the eval-mode
+        embeddings the planner uses then match the weights being saved. Uses its own RNG stream so
+        training randomness, and hence exact resume, is unaffected."""
+        n = self.cfg.precise_bn_batches
+        if n == 0:
+            return
+        batches = epoch_batches(len(self.train_set), self.cfg.batch_size, self.cfg.seed, 10**6 + epoch,
+                                self.world.rank, self.world.size)[:n]
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(mix_seed(self.cfg.seed, epoch, 2))
+            moved = ({k: v.to(self.device) for k, v in b.items()} for b in self._loader(self.train_set, batches, epoch))
+            recompute_batchnorm(self.model, moved)
+        self.model.train()
 
     @torch.no_grad()
     def validate(self) -> dict[str, float] | None:
