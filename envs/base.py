@@ -126,7 +126,6 @@ class GoalImageEnv(gym.Env):
         """Start an episode. ``options``: ``state`` (start-state layout, or an observation ``state``)
         and ``goal_state`` (goal layout, or a state whose achieved goal is taken); each is sampled
         from ``self.np_random`` when omitted."""
-        super().reset(seed=seed)
         options = dict(options or {})
         unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
@@ -145,6 +144,7 @@ class GoalImageEnv(gym.Env):
                 self._check_state(goal[:n_state], "options['goal_state']")
                 goal = self.achieved_goal(goal[:n_state])
             self._check_goal(goal)
+        super().reset(seed=seed)
         self._begin_episode()
         if goal is None:
             goal = self._sample_goal()

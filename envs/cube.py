@@ -29,7 +29,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lewm_envs.base import GoalImageEnv, as_color, check_box, require
-from lewm_envs.mujoco_render import make_renderer, mujoco
+from lewm_envs.mujoco_render import Renderer, mujoco
 
 SUCCESS_RADIUS = 0.04  # m
 CUBE_QPOS = 14  # qpos address of the cube's free joint (after 6 arm and 8 gripper joints)
@@ -85,7 +85,7 @@ class CubeEnv(GoalImageEnv):
         state_high = np.concatenate([self._qpos_high, qvel, GOAL_HIGH])
         proprio_low, proprio_high = [-1.0, -1.0, -0.1, -np.pi, 0.0, 0.0], [1.0, 1.0, 1.0, np.pi, 1.0, 1.0]
         self._build_observation_space((proprio_low, proprio_high), (state_low, state_high))
-        self._renderer = make_renderer(self.model, self.image_size)
+        self._renderer = Renderer(self.model, self.image_size, camera="front_pixels")
 
     def _qpos_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Valid qpos: limited joints within their range (+ slack), the cube near the table."""
@@ -153,8 +153,7 @@ class CubeEnv(GoalImageEnv):
     # ---- rendering ---------------------------------------------------------------------------------
 
     def _render_frame(self) -> np.ndarray:
-        self._renderer.update_scene(self.data, camera="front_pixels")
-        return self._renderer.render()
+        return self._renderer.render(self.data)
 
     def _render_goal(self) -> np.ndarray:
         saved = self.data.qpos.copy()

@@ -1,8 +1,14 @@
 """Fast offscreen MuJoCo rendering shared by the Reacher and Cube envs.
 
 CPU (llvmpipe) rendering is dominated by shadows, reflections and multisampling, so all three are
-turned off: frames are 3-5x faster and still clear at 64 px. Renderers are closed at interpreter
-exit *before* MuJoCo tears down its EGL display, which otherwise prints EGLError noise.
+turned off: frames are 3-5x faster and still clear at 64 px.
+
+The OpenGL (EGL) context is only created at the first frame. Gymnasium's ``AsyncVectorEnv`` builds a
+throw-away env in the parent to read the spaces and then forks its workers; a context made in the
+parent before the fork leaves the workers' own contexts hanging forever inside Mesa. (A parent that
+has rendered MuJoCo frames itself should start workers with ``context="spawn"``/``"forkserver"``.)
+Renderers are also closed at interpreter exit *before* MuJoCo tears down its EGL display, which
+otherwise prints EGLError noise.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import weakref
 os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported: the default (glfw) needs a display
 
 import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
@@ -23,16 +30,30 @@ def _close_all() -> None:
         renderer.close()
 
 
-def make_renderer(model: mujoco.MjModel, size: int) -> mujoco.Renderer:
-    """A ``size`` x ``size`` renderer for ``model`` without shadows, reflections or MSAA."""
-    model.vis.quality.offsamples = 0  # read when the offscreen buffer is created
-    renderer = mujoco.Renderer(model, size, size)
-    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-    if not _LIVE:
-        # MuJoCo registers its EGL teardown when the first context is made; hooks run last-in
-        # first-out, so registering after it closes our renderers while EGL is still alive.
-        atexit.unregister(_close_all)
-        atexit.register(_close_all)
-    _LIVE.add(renderer)
-    return renderer
+class Renderer:
+    """Frames of ``camera`` at ``size`` x ``size`` without shadows, reflections or MSAA."""
+
+    def __init__(self, model: mujoco.MjModel, size: int, camera: str) -> None:
+        self.model, self.size, self.camera = model, size, camera
+        self._renderer: mujoco.Renderer | None = None
+
+    def render(self, data: mujoco.MjData) -> np.ndarray:
+        """uint8 ``[size, size, 3]`` image of ``data``."""
+        if self._renderer is None:
+            self.model.vis.quality.offsamples = 0  # read when the offscreen buffer is created
+            self._renderer = mujoco.Renderer(self.model, self.size, self.size)
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            if not _LIVE:
+                # MuJoCo registers its EGL teardown when the first context is made; hooks run last-in
+                # first-out, so registering after it closes our renderers while EGL is still alive.
+                atexit.unregister(_close_all)
+                atexit.register(_close_all)
+            _LIVE.add(self._renderer)
+        self._renderer.update_scene(data, camera=self.camera)
+        return self._renderer.render()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

@@ -25,7 +25,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lewm_envs.base import GoalImageEnv, as_color, check_box
-from lewm_envs.mujoco_render import make_renderer, mujoco
+from lewm_envs.mujoco_render import Renderer, mujoco
 
 from dm_control.suite import reacher as dmc_reacher  # noqa: E402  (after MUJOCO_GL is set)
 
@@ -65,7 +65,7 @@ class ReacherEnv(GoalImageEnv):
         # The wrist limit is a soft constraint, so bound observed angles by pi rather than 160 degrees.
         state_low = np.array([-np.pi, -np.pi, -MAX_QVEL, -MAX_QVEL, -np.pi, -np.pi])
         self._build_observation_space((-np.pi, np.pi), (state_low, -state_low))
-        self._renderer = make_renderer(self.model, self.image_size)
+        self._renderer = Renderer(self.model, self.image_size, camera="fixed")
 
     # ---- placement -----------------------------------------------------------------------------------
 
@@ -124,8 +124,7 @@ class ReacherEnv(GoalImageEnv):
     # ---- rendering ---------------------------------------------------------------------------------
 
     def _render_frame(self) -> np.ndarray:
-        self._renderer.update_scene(self.data, camera="fixed")
-        return self._renderer.render()
+        return self._renderer.render(self.data)
 
     def _render_goal(self) -> np.ndarray:
         return self._render_frame()

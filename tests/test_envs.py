@@ -49,6 +49,21 @@ def test_ids_registered_on_import_without_heavy_modules():
     assert out.strip() == "[]"
 
 
+def test_mujoco_env_in_async_vector_env():
+    # AsyncVectorEnv makes a throw-away env in the parent, then forks: an EGL context made there
+    # would hang the workers. A fresh interpreter, because this one has rendered MuJoCo already.
+    code = (
+        "import gymnasium as gym, lewm_envs\n"
+        "envs = gym.make_vec('lewm/Reacher-v0', num_envs=2, vectorization_mode='async')\n"
+        "obs, _ = envs.reset(seed=0)\n"
+        "obs, *_ = envs.step(envs.action_space.sample())\n"
+        "envs.close()\n"
+        "print(obs['pixels'].shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "(2, 64, 64, 3)"
+
+
 @pytest.mark.parametrize("env_id", FAST_IDS)
 def test_env_checkers_pass_without_warnings(env_id):
     env = make(env_id)
