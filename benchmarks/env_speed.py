@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import gymnasium as gym
@@ -117,9 +118,11 @@ def main() -> None:
     print("| env | episodes | " + " | ".join(f"{n} env{'s' if n > 1 else ''}" for n in args.num_envs) + " |")
     print("|---|---:|" + "---:|" * len(args.num_envs))
     for env_id in envs:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            runs = [(env_id, args.image_size, n) for n in args.num_envs]
-            rates = [pool.apply(collection_frames_per_second, run) for run in runs]
+        rates = []
+        for n in args.num_envs:
+            # A fresh process per run (its workers may start their own vector-env subprocesses).
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                rates.append(pool.submit(collection_frames_per_second, env_id, args.image_size, n).result())
         cells = " | ".join(f"{r:,.0f}" for r in rates)
         print(f"| {env_id} | {COLLECT_EPISODES.get(env_id, 10)} | {cells} |", flush=True)
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")

@@ -97,6 +97,11 @@ class MultiRoomEnv(GoalImageEnv):
         self._tile = max(4, math.ceil(2 * self.image_size / side))
         self._resize = area_resize_matrix(side * self._tile, self.image_size)
         self._tiles: dict[tuple, np.ndarray] = {}
+        # The empty grid, hi-res and resized once: the only full-image resize (a large matmul that
+        # can stall for 100+ ms in a multi-threaded BLAS when the cores are shared).
+        self._grid = self._draw_grid()
+        chw = np.ascontiguousarray(self._grid.transpose(2, 0, 1))
+        self._grid_small = np.stack([self._resize @ c @ self._resize.T for c in chw], axis=-1)
         self.agent_color = AGENT_COLOR.copy()
         self.agent = np.zeros(2, dtype=np.int64)
         self.direction = 0
@@ -137,8 +142,12 @@ class MultiRoomEnv(GoalImageEnv):
 
     def _place_goal(self, goal: np.ndarray) -> None:
         self.agent_color = AGENT_COLOR.copy()  # undo an earlier colour perturbation
-        self._background = self._draw_background(goal.astype(int))
-        self._background_small = self._shrink(self._background)
+        xy = goal.astype(np.int64)
+        rows, cols, patch = self._cell_patch(self._grid, self._grid_small, xy, self._tile_image(GOAL))
+        self._background = self._grid.copy()
+        self._background[self._cell(xy)] = self._tile_image(GOAL)
+        self._background_small = self._grid_small.copy()
+        self._background_small[rows, cols] = patch
         self._frame_base = self._background_small.round().astype(np.uint8)
         self._agent_patches: dict[tuple, tuple[slice, slice, np.ndarray]] = {}
 
@@ -187,40 +196,42 @@ class MultiRoomEnv(GoalImageEnv):
             self._tiles[key] = downsample(img, sub).astype(np.float32)
         return self._tiles[key]
 
-    def _draw_background(self, goal: np.ndarray) -> np.ndarray:
+    def _draw_grid(self) -> np.ndarray:
+        """The hi-res grid without goal or agent (float32; a non-square layout is padded)."""
         side, t = max(self.width, self.height), self._tile
-        img = np.zeros((side * t, side * t, 3), dtype=np.float32)  # a non-square layout is padded
-        for x in range(self.width):
-            for y in range(self.height):
-                kind = WALL if self.walls[x, y] else GOAL if (x, y) == tuple(goal) else FLOOR
-                img[y * t : (y + 1) * t, x * t : (x + 1) * t] = self._tile_image(kind)
+        img = np.zeros((side * t, side * t, 3), dtype=np.float32)
+        for x, y in np.ndindex(self.walls.shape):
+            img[self._cell((x, y))] = self._tile_image(WALL if self.walls[x, y] else FLOOR)
         return img
 
-    def _shrink(self, img: np.ndarray, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
-        """Area-resize the hi-res pixels ``img`` (at ``rows``, ``cols``) to the output size."""
-        r_rows, r_cols = self._resize[:, rows], self._resize[:, cols].T
-        # One 2-D matmul pair per channel: numpy's stacked matmul is several times slower here.
-        return np.stack([r_rows @ img[..., c] @ r_cols for c in range(3)], axis=-1)
+    def _cell(self, xy: Any) -> tuple[slice, slice]:
+        """The hi-res pixels (rows, cols) of cell ``xy``."""
+        t = self._tile
+        return slice(xy[1] * t, (xy[1] + 1) * t), slice(xy[0] * t, (xy[0] + 1) * t)
+
+    def _cell_patch(
+        self, hi: np.ndarray, small: np.ndarray, xy: np.ndarray, tile: np.ndarray
+    ) -> tuple[slice, slice, np.ndarray]:
+        """Output pixels (rows, cols, float patch) of ``small`` = resized ``hi`` after cell ``xy`` of
+        ``hi`` becomes ``tile``: resizing is linear, so only the cell's change is resized."""
+        rows, cols = self._cell(xy)
+        scale = self.image_size / self._resize.shape[1]
+        out_rows = slice(int(rows.start * scale), math.ceil(rows.stop * scale))
+        out_cols = slice(int(cols.start * scale), math.ceil(cols.stop * scale))
+        delta = tile - hi[rows, cols]
+        r_rows, r_cols = self._resize[out_rows, rows], self._resize[out_cols, cols].T
+        change = np.stack([r_rows @ delta[..., c] @ r_cols for c in range(3)], axis=-1)
+        return out_rows, out_cols, small[out_rows, out_cols] + change
 
     def _agent_patch(self, xy: np.ndarray, direction: int, color: tuple) -> tuple[slice, slice, np.ndarray]:
-        """The output pixels that change when the agent is drawn at ``xy``: (rows, cols, uint8 patch).
-
-        Resizing is linear, so the patch is the resized background plus the resized change of the
-        agent's cell. Patches are cached per episode, which keeps BLAS out of the per-step path
-        (it can stall for milliseconds when the cores are shared).
-        """
+        """The output pixels that change when the agent is drawn at ``xy``: (rows, cols, uint8),
+        cached per episode."""
         key = (int(xy[0]), int(xy[1]), direction, color)
         if key not in self._agent_patches:
-            t, scale = self._tile, self.image_size / self._resize.shape[1]
-            rows, cols = slice(xy[1] * t, (xy[1] + 1) * t), slice(xy[0] * t, (xy[0] + 1) * t)
-            out_rows = slice(int(rows.start * scale), math.ceil(rows.stop * scale))
-            out_cols = slice(int(cols.start * scale), math.ceil(cols.stop * scale))
             kind = GOAL if np.array_equal(xy, self.goal_state) else FLOOR
-            delta = self._tile_image(kind, direction, color) - self._background[rows, cols]
-            r_rows, r_cols = self._resize[out_rows, rows], self._resize[out_cols, cols].T
-            change = np.stack([r_rows @ delta[..., c] @ r_cols for c in range(3)], axis=-1)
-            patch = (self._background_small[out_rows, out_cols] + change).round().astype(np.uint8)
-            self._agent_patches[key] = (out_rows, out_cols, patch)
+            tile = self._tile_image(kind, direction, color)
+            rows, cols, patch = self._cell_patch(self._background, self._background_small, xy, tile)
+            self._agent_patches[key] = (rows, cols, patch.round().astype(np.uint8))
         return self._agent_patches[key]
 
     def _draw(self, xy: np.ndarray, direction: int, color: np.ndarray) -> np.ndarray:
