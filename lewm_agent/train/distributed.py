@@ -14,6 +14,8 @@ import torch.distributed as dist
 
 from lewm_agent.utils import pick_device
 
+_created_group = False
+
 
 @dataclass(frozen=True)
 class World:
@@ -42,12 +44,17 @@ def setup(device: str = "auto") -> tuple[World, torch.device]:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        global _created_group
+        _created_group = True
     return world, dev
 
 
 def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Destroy the process group if :func:`setup` created it (a caller's own group is left alone)."""
+    global _created_group
+    if _created_group and dist.is_initialized():
         dist.destroy_process_group()
+    _created_group = False
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
