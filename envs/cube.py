@@ -33,7 +33,8 @@ from lewm_envs.mujoco_render import Renderer, mujoco
 
 SUCCESS_RADIUS = 0.04  # m
 CUBE_QPOS = 14  # qpos address of the cube's free joint (after 6 arm and 8 gripper joints)
-GOAL_LOW, GOAL_HIGH = np.array([0.25, -0.35, 0.0]), np.array([0.6, 0.35, 0.35])  # OGBench workspace, z from the table
+# Valid cube positions and targets (m): anywhere on or above the table, like states seen in data.
+CUBE_LOW, CUBE_HIGH = np.array([-1.0, -1.0, 0.0]), np.array([1.0, 1.0, 1.0])
 TABLE_LOW, TABLE_HIGH = np.array([0.3, -0.3]), np.array([0.55, 0.3])  # OGBench's object sampling area
 JOINT_SLACK = 0.1  # joint limits are soft constraints, so observed angles can overshoot a little
 MAX_QVEL = 100.0
@@ -81,8 +82,8 @@ class CubeEnv(GoalImageEnv):
         self.action_space = spaces.Box(-1.0, 1.0, (5,), np.float32)
         self._qpos_low, self._qpos_high = self._qpos_bounds()
         qvel = np.full(self.model.nv, MAX_QVEL)
-        state_low = np.concatenate([self._qpos_low, -qvel, GOAL_LOW])
-        state_high = np.concatenate([self._qpos_high, qvel, GOAL_HIGH])
+        state_low = np.concatenate([self._qpos_low, -qvel, CUBE_LOW])
+        state_high = np.concatenate([self._qpos_high, qvel, CUBE_HIGH])
         proprio_low, proprio_high = [-1.0, -1.0, -0.1, -np.pi, 0.0, 0.0], [1.0, 1.0, 1.0, np.pi, 1.0, 1.0]
         self._build_observation_space((proprio_low, proprio_high), (state_low, state_high))
         self._renderer = Renderer(self.model, self.image_size, camera="front_pixels")
@@ -95,8 +96,8 @@ class CubeEnv(GoalImageEnv):
                 adr = self.model.jnt_qposadr[j]
                 low[adr], high[adr] = self.model.jnt_range[j] + [-JOINT_SLACK, JOINT_SLACK]
         c = self._cube_qpos
-        low[c : c + 7] = [-1.0, -1.0, -0.1, -1.0, -1.0, -1.0, -1.0]  # xyz (m), then a unit quaternion
-        high[c : c + 7] = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+        low[c : c + 7] = [*CUBE_LOW, -1.0, -1.0, -1.0, -1.0]  # xyz (m), then a unit quaternion
+        high[c : c + 7] = [*CUBE_HIGH, 1.0, 1.0, 1.0, 1.0]
         return low, high
 
     # ---- placement -----------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class CubeEnv(GoalImageEnv):
         check_box(f"{name} qvel", state[nq:], np.full(self.model.nv, -MAX_QVEL), np.full(self.model.nv, MAX_QVEL))
 
     def _check_goal(self, goal: np.ndarray) -> None:
-        check_box("options['goal_state'] (cube target xyz, m)", goal, GOAL_LOW, GOAL_HIGH)
+        check_box("options['goal_state'] (cube target xyz, m)", goal, CUBE_LOW, CUBE_HIGH)
 
     def _begin_episode(self) -> None:
         self.sim._cube_colors[0] = self._cube_color  # undo an earlier colour perturbation
@@ -176,7 +177,7 @@ class CubeEnv(GoalImageEnv):
             xyz = np.asarray(position, dtype=np.float64).reshape(-1)
             if xyz.shape != (3,):
                 raise ValueError(f"position must be the cube's (x, y, z) in metres, got {position!r}")
-            check_box("position (cube xyz, m)", xyz, GOAL_LOW, GOAL_HIGH)
+            check_box("position (cube xyz, m)", xyz, CUBE_LOW, CUBE_HIGH)
         self.data.qpos[self._cube_qpos : self._cube_qpos + 3] = xyz
         self.data.qvel[self._cube_qvel : self._cube_qvel + 6] = 0.0
         mujoco.mj_forward(self.model, self.data)

@@ -43,7 +43,7 @@ K_P, K_V, DT, SUBSTEPS = 100.0, 20.0, 0.01, 10
 # T block in its body frame: (centre x, centre y, half width, half height) of the bar and the stem.
 SCALE = 30.0
 T_RECTS = np.array([[0.0, SCALE / 2, 2 * SCALE, SCALE / 2], [0.0, 2.5 * SCALE, SCALE / 2, 1.5 * SCALE]])
-POS_LOW, POS_HIGH = 20.0, WORLD - 20.0  # valid agent / block positions (inside the walls)
+POS_LOW, POS_HIGH = 20.0, WORLD - 20.0  # where the agent can be driven (PD targets are clipped here)
 # The PD controller keeps the agent below ~400 px/s; the bound leaves room and keeps the space finite.
 MAX_SPEED = 1000.0
 SUCCESS_POS, SUCCESS_ANGLE = 20.0, np.pi / 9
@@ -130,12 +130,12 @@ class PushTEnv(GoalImageEnv):
         return state[:7].copy()
 
     def _check_state(self, state: np.ndarray, name: str) -> None:
-        check_box(f"{name} positions (agent xy, block xy)", state[:4], np.full(4, POS_LOW), np.full(4, POS_HIGH))
+        check_box(f"{name} positions (agent xy, block xy)", state[:4], np.zeros(4), np.full(4, WORLD))
         check_box(f"{name} agent velocity", state[5:7], np.full(2, -MAX_SPEED), np.full(2, MAX_SPEED))
 
     def _check_goal(self, goal: np.ndarray) -> None:
         name = "options['goal_state'] positions (agent xy, block xy)"
-        check_box(name, goal[:4], np.full(4, POS_LOW), np.full(4, POS_HIGH))  # velocities are ignored
+        check_box(name, goal[:4], np.zeros(4), np.full(4, WORLD))  # velocities are ignored
 
     def _sample_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """Random agent xy in [50, 450] and block pose in [100, 400]^2 x [0, 2pi), not overlapping."""
@@ -233,7 +233,7 @@ class PushTEnv(GoalImageEnv):
         agent_xy = rand_agent if agent is None else np.asarray(agent, dtype=np.float64).reshape(2)
         block_pose = rand_block if block is None else np.asarray(block, dtype=np.float64).reshape(3)
         positions = np.concatenate([agent_xy, block_pose[:2]])
-        check_box("teleport positions (agent xy, block xy)", positions, np.full(4, POS_LOW), np.full(4, POS_HIGH))
+        check_box("teleport positions (agent xy, block xy)", positions, np.zeros(4), np.full(4, WORLD))
         self.agent.position, self.agent.velocity = tuple(agent_xy), (0.0, 0.0)
         self.block.angle, self.block.position = float(block_pose[2]), tuple(block_pose[:2])
 

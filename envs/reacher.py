@@ -4,7 +4,8 @@ This is the ``qpos_match`` variant used by DINO-WM / stable-worldmodel for LeWM:
 configuration, and success (terminates) is ``|wrap(qpos - goal)| < 0.05`` rad for *every* joint,
 the tolerance of stable-worldmodel's docs. Physics is dm_control's ``reacher.xml`` (timestep
 0.02 s, one physics step per env step, torques ``action`` in ``[-1, 1]^2``). The unlimited shoulder
-angle is kept wrapped to [-pi, pi); the wrist is limited to +-160 degrees.
+angle is kept wrapped to [-pi, pi) (placed start and goal angles may be any number); the wrist is
+limited to +-160 degrees by a soft constraint, so valid states allow 0.1 rad beyond it.
 
 Layouts: start state = ``(qpos shoulder, qpos wrist, qvel shoulder, qvel wrist)`` (rad, rad/s);
 goal = goal ``qpos`` (2); ``proprio`` = ``qpos``; observation ``state`` = start state + goal (6).
@@ -31,7 +32,9 @@ from dm_control.suite import reacher as dmc_reacher  # noqa: E402  (after MUJOCO
 
 TOLERANCE = 0.05  # rad, per joint
 WRIST_LIMIT = np.deg2rad(160.0)
-QPOS_LOW, QPOS_HIGH = np.array([-np.pi, -WRIST_LIMIT]), np.array([np.pi, WRIST_LIMIT])
+QPOS_LOW, QPOS_HIGH = np.array([-np.pi, -WRIST_LIMIT]), np.array([np.pi, WRIST_LIMIT])  # sampling range
+# Valid wrist angles: the joint limit is a soft constraint, so the arm can overshoot it a little.
+WRIST_VALID = WRIST_LIMIT + 0.1
 # Joint damping caps speeds near 5-7 rad/s under full torque; the bound keeps the space finite.
 MAX_QVEL = 50.0
 ARM_GEOMS = ("arm", "hand", "finger")
@@ -73,11 +76,12 @@ class ReacherEnv(GoalImageEnv):
         return state[:2].copy()
 
     def _check_state(self, state: np.ndarray, name: str) -> None:
-        check_box(f"{name} qpos (rad)", state[:2], QPOS_LOW, QPOS_HIGH)
+        # Any shoulder angle is valid (it is wrapped); only the wrist is limited.
+        check_box(f"{name} wrist qpos (rad)", state[1:2], np.array([-WRIST_VALID]), np.array([WRIST_VALID]))
         check_box(f"{name} qvel (rad/s)", state[2:4], np.full(2, -MAX_QVEL), np.full(2, MAX_QVEL))
 
     def _check_goal(self, goal: np.ndarray) -> None:
-        check_box("options['goal_state'] qpos (rad)", goal, QPOS_LOW, QPOS_HIGH)
+        check_box("options['goal_state'] wrist qpos (rad)", goal[1:2], np.array([-WRIST_VALID]), np.array([WRIST_VALID]))
 
     def _sample_qpos(self) -> np.ndarray:
         return self.np_random.uniform(QPOS_LOW, QPOS_HIGH)
@@ -92,12 +96,13 @@ class ReacherEnv(GoalImageEnv):
                 return np.concatenate([qpos, [0.0, 0.0]])
 
     def _set_physics(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
-        self.data.qpos[:] = qpos
+        self.data.qpos[:] = [wrap_angle(qpos[0]), qpos[1]]
         self.data.qvel[:] = qvel
         self.data.ctrl[:] = 0.0
         mujoco.mj_forward(self.model, self.data)
 
     def _place_goal(self, goal: np.ndarray) -> None:
+        goal[0] = wrap_angle(goal[0])
         self._restore_colors()  # undo an earlier colour perturbation
         self._set_physics(goal, np.zeros(2))  # posed so that _render_goal draws the goal
 
@@ -140,7 +145,7 @@ class ReacherEnv(GoalImageEnv):
         qpos = np.asarray(qpos, dtype=np.float64).reshape(-1)
         if qpos.shape != (2,):
             raise ValueError(f"qpos must be 2 joint angles (rad), got {qpos.tolist()}")
-        check_box("qpos (rad)", qpos, QPOS_LOW, QPOS_HIGH)
+        check_box("qpos (rad)", qpos[1:2], np.array([-WRIST_VALID]), np.array([WRIST_VALID]))
         self._set_physics(qpos, np.zeros(2))
 
     def _recolor(self, color: Any = None) -> None:
