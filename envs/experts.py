@@ -46,12 +46,14 @@ def reacher_expert(noise: float, rng: np.random.Generator, **_: Any) -> Expert:
     """PD control of the observed joint angles toward the goal configuration."""
     from lewm_envs.reacher import wrap_angle
 
-    k_p, k_d = 2.0, 0.4
+    k_p, k_d = 2.0, 0.2
 
     def act(obs: dict) -> np.ndarray:
         s = obs["state"].astype(np.float64)
         qpos, qvel, goal = s[:2], s[2:4], s[4:6]
-        return _noisy(np.clip(k_p * wrap_angle(goal - qpos) - k_d * qvel, -1, 1), noise, rng)
+        # The shoulder turns freely (take the short way round); the wrist cannot pass +-160 degrees.
+        error = np.array([wrap_angle(goal[0] - qpos[0]), goal[1] - qpos[1]])
+        return _noisy(np.clip(k_p * error - k_d * qvel, -1, 1), noise, rng)
 
     return act
 
