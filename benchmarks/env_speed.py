@@ -23,7 +23,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import gymnasium as gym
-
 import lewm_envs
 
 # Episodes per collection run: enough frames (~1-3k) that start-up does not dominate, except Cube.
@@ -91,11 +90,15 @@ def collection_frames_per_second(env_id: str, image_size: int, num_envs: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--envs", nargs="+", default=list(lewm_envs.ENVS))
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per env")
-    parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 2], help="parallel envs for collection")
+    parser.add_argument(
+        "--num-envs", type=int, nargs="+", default=[1, 2], help="parallel envs for collection"
+    )
     parser.add_argument("--no-collect", action="store_true", help="skip the collection table")
     args = parser.parse_args()
     envs = [e for e in args.envs if available(e)]

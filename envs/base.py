@@ -15,7 +15,7 @@ is how dataset-driven evaluation takes "the frame 25 steps later" as the goal.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -61,6 +61,11 @@ def check_box(name: str, value: np.ndarray, low: np.ndarray, high: np.ndarray) -
         )
 
 
+def wrap_angle(angle: float | np.ndarray) -> float | np.ndarray:
+    """Angles (rad) wrapped to [-pi, pi)."""
+    return (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
+
+
 def random_color(rng: np.random.Generator) -> np.ndarray:
     """A saturated random RGB colour (uint8 [3]), so a colour perturbation is clearly visible."""
     rgb = rng.uniform(0, 255, 3)
@@ -91,7 +96,7 @@ class GoalImageEnv(gym.Env):
     :meth:`_build_observation_space`, and implement the ``_``-prefixed hooks below.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
     state_dim: int
     goal_dim: int
     proprio_dim: int
@@ -99,7 +104,9 @@ class GoalImageEnv(gym.Env):
     def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array") -> None:
         self.image_size = check_image_size(image_size)
         if render_mode != "rgb_array":
-            raise ValueError(f"render_mode must be 'rgb_array' (frames are the observation), got {render_mode!r}")
+            raise ValueError(
+                f"render_mode must be 'rgb_array' (frames are the observation), got {render_mode!r}"
+            )
         self.render_mode = render_mode
         self.goal_state = np.zeros(0)
         self._goal_image: np.ndarray | None = None
@@ -129,7 +136,9 @@ class GoalImageEnv(gym.Env):
         options = dict(options or {})
         unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; valid options are {list(RESET_OPTIONS)}")
+            raise ValueError(
+                f"unknown reset option(s) {sorted(unknown)}; valid options are {list(RESET_OPTIONS)}"
+            )
         # Validate both before touching the simulator, so a bad option leaves the env as it was.
         state = options.get("state")
         goal = options.get("goal_state")
@@ -139,7 +148,9 @@ class GoalImageEnv(gym.Env):
             self._check_state(state, "options['state']")
         if goal is not None:
             n_state, n_goal = self.state_dim, self.goal_dim
-            goal = check_vector("options['goal_state']", goal, tuple(sorted({n_goal, n_state, n_state + n_goal})))
+            goal = check_vector(
+                "options['goal_state']", goal, tuple(sorted({n_goal, n_state, n_state + n_goal}))
+            )
             if goal.size != n_goal:
                 self._check_state(goal[:n_state], "options['goal_state']")
                 goal = self.achieved_goal(goal[:n_state])

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-
 from lewm_envs.base import GoalImageEnv, as_color, check_box, require
 from lewm_envs.mujoco_render import Renderer, mujoco
 
@@ -66,7 +65,9 @@ class CubeEnv(GoalImageEnv):
     def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array") -> None:
         super().__init__(image_size, render_mode)
         cube_env = require("ogbench.manipspace.envs.cube_env", "cube")
-        self.sim = cube_env.CubeEnv(env_type="single", ob_type="states", mode="data_collection", visualize_info=False)
+        self.sim = cube_env.CubeEnv(
+            env_type="single", ob_type="states", mode="data_collection", visualize_info=False
+        )
         self.sim.reset(seed=0)  # compiles the MuJoCo model
         self.model, self.data = self.sim._model, self.sim._data
         for name, alpha in TRANSLUCENT.items():
@@ -108,7 +109,9 @@ class CubeEnv(GoalImageEnv):
     def _check_state(self, state: np.ndarray, name: str) -> None:
         nq = self.model.nq
         check_box(f"{name} qpos", state[:nq], self._qpos_low, self._qpos_high)
-        check_box(f"{name} qvel", state[nq:], np.full(self.model.nv, -MAX_QVEL), np.full(self.model.nv, MAX_QVEL))
+        check_box(
+            f"{name} qvel", state[nq:], np.full(self.model.nv, -MAX_QVEL), np.full(self.model.nv, MAX_QVEL)
+        )
 
     def _check_goal(self, goal: np.ndarray) -> None:
         check_box("options['goal_state'] (cube target xyz, m)", goal, CUBE_LOW, CUBE_HIGH)

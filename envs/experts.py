@@ -12,9 +12,11 @@ can serve several sub-environments of a vector env. The goal is read from the go
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+from lewm_envs.base import wrap_angle
 
 Expert = Callable[[dict], Any]
 
@@ -44,8 +46,6 @@ def two_room_expert(noise: float, rng: np.random.Generator, **_: Any) -> Expert:
 
 def reacher_expert(noise: float, rng: np.random.Generator, **_: Any) -> Expert:
     """PD control of the observed joint angles toward the goal configuration."""
-    from lewm_envs.reacher import wrap_angle
-
     k_p, k_d = 2.0, 0.2
 
     def act(obs: dict) -> np.ndarray:
@@ -117,7 +117,7 @@ def push_t_expert(noise: float, rng: np.random.Generator, **_: Any) -> Expert:
         agent, pose, goal = s[:2], s[2:5], s[9:12]
         r_now, r_goal = rot(pose[2]), rot(goal[2])
         com, com_goal = pose[:2] + r_now @ cog, goal[:2] + r_goal @ cog
-        err_pos, err_ang = com_goal - com, float(pt.wrap_angle(goal[2] - pose[2]))
+        err_pos, err_ang = com_goal - com, float(wrap_angle(goal[2] - pose[2]))
         dist = np.linalg.norm(err_pos)
         points, push = pose[:2] + contacts @ r_now.T, -(normals @ r_now.T)
         arm = points - com
@@ -149,7 +149,16 @@ def _t_contacts(pt: Any, spacing: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
     """Points along the T outline (body frame) where the agent can touch it, with outward normals."""
     s = pt.SCALE
     outline = np.array(
-        [(-2 * s, 0), (2 * s, 0), (2 * s, s), (s / 2, s), (s / 2, 4 * s), (-s / 2, 4 * s), (-s / 2, s), (-2 * s, s)]
+        [
+            (-2 * s, 0),
+            (2 * s, 0),
+            (2 * s, s),
+            (s / 2, s),
+            (s / 2, 4 * s),
+            (-s / 2, 4 * s),
+            (-s / 2, s),
+            (-2 * s, s),
+        ]
     )
     origin = np.zeros(3)
     points, normals = [], []
@@ -189,7 +198,10 @@ def _around(agent: np.ndarray, goal: np.ndarray, com: np.ndarray, pose: np.ndarr
     clearance, stride, eps = pt.AGENT_RADIUS + 6.0, 40.0, 1.0
     d = pt.tee_distance(*agent, pose)
     grad = np.array(
-        [pt.tee_distance(agent[0] + eps, agent[1], pose) - d, pt.tee_distance(agent[0], agent[1] + eps, pose) - d]
+        [
+            pt.tee_distance(agent[0] + eps, agent[1], pose) - d,
+            pt.tee_distance(agent[0], agent[1] + eps, pose) - d,
+        ]
     )
     out = grad / max(np.linalg.norm(grad), 1e-6)  # away from the T
     rel, to_goal = agent - com, goal - com

@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+from lewm_envs.base import GoalImageEnv, as_color
 from minigrid.core.constants import COLORS
 from minigrid.utils.rendering import downsample, fill_coords, point_in_rect, point_in_triangle, rotate_fn
-
-from lewm_envs.base import GoalImageEnv, as_color
 
 LAYOUTS = {
     "four_rooms": (
@@ -118,7 +117,9 @@ class MultiRoomEnv(GoalImageEnv):
                 f"y in [0, {self.height - 1}]"
             )
         if self.walls[int(xy[0]), int(xy[1])]:
-            raise ValueError(f"{name} cell {xy.astype(int).tolist()} is a wall; free cells are '.' in the layout")
+            raise ValueError(
+                f"{name} cell {xy.astype(int).tolist()} is a wall; free cells are '.' in the layout"
+            )
 
     def _check_state(self, state: np.ndarray, name: str) -> None:
         self._check_cell(name, state[:2])

@@ -17,10 +17,11 @@ import atexit
 import os
 import weakref
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported: the default (glfw) needs a display
+# Before mujoco is imported, which picks its GL backend then (the default, glfw, needs a display).
+os.environ.setdefault("MUJOCO_GL", "egl")
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+import mujoco
+import numpy as np
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 

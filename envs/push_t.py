@@ -33,8 +33,7 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-
-from lewm_envs.base import GoalImageEnv, as_color, check_box, require
+from lewm_envs.base import GoalImageEnv, as_color, check_box, require, wrap_angle
 
 WORLD = 512.0
 WALL_INSET, WALL_RADIUS = 5.0, 2.0
@@ -51,11 +50,6 @@ BACKGROUND = np.array([255, 255, 255], np.float32)
 WALL_COLOR = np.array([211, 211, 211], np.float32)  # LightGray
 BLOCK_COLOR = np.array([119, 136, 153], np.uint8)  # LightSlateGray
 AGENT_COLOR = np.array([65, 105, 225], np.uint8)  # RoyalBlue
-
-
-def wrap_angle(a: float | np.ndarray) -> float | np.ndarray:
-    """Angle wrapped to [-pi, pi)."""
-    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
 def tee_distance(x: np.ndarray, y: np.ndarray, pose: np.ndarray) -> np.ndarray:

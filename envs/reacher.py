@@ -20,15 +20,17 @@ is hidden: the goal image is the arm rendered at the goal configuration.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+# Before dm_control imports mujoco, which picks its GL backend then (the default, glfw, needs a display).
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 import numpy as np
+from dm_control.suite import reacher as dmc_reacher
 from gymnasium import spaces
-
-from lewm_envs.base import GoalImageEnv, as_color, check_box
+from lewm_envs.base import GoalImageEnv, as_color, check_box, wrap_angle
 from lewm_envs.mujoco_render import Renderer, mujoco
-
-from dm_control.suite import reacher as dmc_reacher  # noqa: E402  (after MUJOCO_GL is set)
 
 TOLERANCE = 0.05  # rad, per joint
 WRIST_LIMIT = np.deg2rad(160.0)
@@ -39,11 +41,6 @@ WRIST_VALID = WRIST_LIMIT + 0.1
 MAX_QVEL = 50.0
 ARM_GEOMS = ("arm", "hand", "finger")
 HIDDEN_GROUP = 3  # geom groups >= 3 are not drawn with mujoco's default visual options
-
-
-def wrap_angle(a: np.ndarray) -> np.ndarray:
-    """Angles wrapped to [-pi, pi)."""
-    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
 class ReacherEnv(GoalImageEnv):
@@ -81,7 +78,12 @@ class ReacherEnv(GoalImageEnv):
         check_box(f"{name} qvel (rad/s)", state[2:4], np.full(2, -MAX_QVEL), np.full(2, MAX_QVEL))
 
     def _check_goal(self, goal: np.ndarray) -> None:
-        check_box("options['goal_state'] wrist qpos (rad)", goal[1:2], np.array([-WRIST_VALID]), np.array([WRIST_VALID]))
+        check_box(
+            "options['goal_state'] wrist qpos (rad)",
+            goal[1:2],
+            np.array([-WRIST_VALID]),
+            np.array([WRIST_VALID]),
+        )
 
     def _sample_qpos(self) -> np.ndarray:
         return self.np_random.uniform(QPOS_LOW, QPOS_HIGH)

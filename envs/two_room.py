@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-
 from lewm_envs.base import GoalImageEnv, as_color, check_box
 
 CANVAS = 224.0
@@ -68,7 +67,9 @@ def render_background(size: int, supersample: int = 4) -> np.ndarray:
     """
     n = size * supersample
     c = (np.arange(n) + 0.5) * (CANVAS / n)  # canvas coordinate of each sub-pixel centre
-    line = ((c >= BORDER - BORDER_LINE) & (c < BORDER)) | ((c >= CANVAS - BORDER) & (c < CANVAS - BORDER + BORDER_LINE))
+    line = ((c >= BORDER - BORDER_LINE) & (c < BORDER)) | (
+        (c >= CANVAS - BORDER) & (c < CANVAS - BORDER + BORDER_LINE)
+    )
     x, y = c[None, :], c[:, None]
     wall = (np.abs(x - WALL_X) <= WALL_HALF) & (np.abs(y - DOOR_Y) > DOOR_HALF)
     black = line[None, :] | line[:, None] | wall

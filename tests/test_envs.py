@@ -9,10 +9,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
-import lewm_envs
 from lewm_envs.experts import make_expert
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 FAST_IDS = ["lewm/TwoRoom-v0", "lewm/PushT-v0", "lewm/Reacher-v0", "lewm/MiniGrid-MultiRoom-v0"]
 ALL_IDS = FAST_IDS + ["lewm/Cube-v0"]
@@ -27,7 +25,10 @@ def make(env_id, **kwargs):
 # One valid (start state, goal) per env, in each env's documented layouts.
 PLACEMENTS = {
     "lewm/TwoRoom-v0": ([60.0, 150.0], [170.0, 40.0]),
-    "lewm/PushT-v0": ([100.0, 400.0, 300.0, 250.0, 1.0, 0.0, 0.0], [400.0, 100.0, 250.0, 300.0, 2.0, 0.0, 0.0]),
+    "lewm/PushT-v0": (
+        [100.0, 400.0, 300.0, 250.0, 1.0, 0.0, 0.0],
+        [400.0, 100.0, 250.0, 300.0, 2.0, 0.0, 0.0],
+    ),
     "lewm/Reacher-v0": ([0.3, -1.2, 0.0, 0.0], [-2.0, 1.5]),
     "lewm/MiniGrid-MultiRoom-v0": ([1.0, 1.0, 0.0], [9.0, 9.0]),
 }
@@ -60,7 +61,9 @@ def test_mujoco_env_in_async_vector_env():
         "envs.close()\n"
         "print(obs['pixels'].shape)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "(2, 64, 64, 3)"
 
 
@@ -89,7 +92,7 @@ def test_cube_env_checkers_pass():
 def test_observation_contract(env_id, size):
     env = make(env_id, image_size=size)
     obs, info = env.reset(seed=0)
-    obs2, reward, terminated, truncated, info2 = env.step(env.action_space.sample())
+    obs2, *_, info2 = env.step(env.action_space.sample())
     for o in (obs, obs2):
         assert env.observation_space.contains(o)
         assert o["pixels"].shape == o["goal"].shape == (size, size, 3)
@@ -178,7 +181,7 @@ def test_seeding_reproduces_an_episode(env_id):
 
 
 def assert_success(env, state, goal, expected, action):
-    obs, info = env.reset(seed=0, options={"state": state, "goal_state": goal})
+    _, info = env.reset(seed=0, options={"state": state, "goal_state": goal})
     assert info["is_success"] is expected
     _, reward, terminated, _, info = env.step(action)
     assert info["is_success"] is expected and terminated is expected and reward == float(expected)
@@ -192,7 +195,12 @@ def test_two_room_success_radius(offset, expected):
 
 @pytest.mark.parametrize(
     "block_offset, angle_offset, expected",
-    [((19.9, 0.0), 0.0, True), ((20.1, 0.0), 0.0, False), ((0.0, 0.0), np.pi / 9 - 0.01, True), ((0.0, 0.0), np.pi / 9 + 0.01, False)],
+    [
+        ((19.9, 0.0), 0.0, True),
+        ((20.1, 0.0), 0.0, False),
+        ((0.0, 0.0), np.pi / 9 - 0.01, True),
+        ((0.0, 0.0), np.pi / 9 + 0.01, False),
+    ],
 )
 def test_push_t_success_rule(block_offset, angle_offset, expected):
     env = make("lewm/PushT-v0")
@@ -232,7 +240,7 @@ def test_reacher_success_tolerance(qpos, goal, expected):
 def test_minigrid_success_on_goal_cell():
     env = make("lewm/MiniGrid-MultiRoom-v0")
     assert_success(env, [3.0, 3.0, 0.0], [3.0, 3.0], True, 0)
-    obs, info = env.reset(seed=0, options={"state": [2.0, 3.0, 0.0], "goal_state": [3.0, 3.0]})
+    _, info = env.reset(seed=0, options={"state": [2.0, 3.0, 0.0], "goal_state": [3.0, 3.0]})
     assert not info["is_success"]
     _, reward, terminated, _, info = env.step(2)  # forward, east, onto the goal
     assert terminated and info["is_success"] and reward == 1.0
@@ -245,7 +253,7 @@ def test_cube_success_radius(offset, expected):
     obs, _ = env.reset(seed=0)
     state = obs["state"][: u.state_dim].astype(np.float64)
     goal = state[u._cube_qpos : u._cube_qpos + 3] + [offset, 0.0, 0.0]
-    obs, info = env.reset(seed=0, options={"state": state, "goal_state": goal})
+    _, info = env.reset(seed=0, options={"state": state, "goal_state": goal})
     assert info["is_success"] is expected
 
 
@@ -273,7 +281,12 @@ def test_bad_render_mode(env_id):
         ("lewm/TwoRoom-v0", [5.0, 100.0], None, r"options\['state'\].*valid range"),
         ("lewm/TwoRoom-v0", [112.0, 150.0], None, r"options\['state'\].*inside the wall"),
         ("lewm/TwoRoom-v0", None, [100.0, 300.0], r"options\['goal_state'\].*valid range"),
-        ("lewm/PushT-v0", [600.0, 100.0, 300.0, 300.0, 0.0, 0.0, 0.0], None, r"options\['state'\].*valid range"),
+        (
+            "lewm/PushT-v0",
+            [600.0, 100.0, 300.0, 300.0, 0.0, 0.0, 0.0],
+            None,
+            r"options\['state'\].*valid range",
+        ),
         ("lewm/Reacher-v0", [0.0, 3.0, 0.0, 0.0], None, r"options\['state'\] wrist qpos.*valid range"),
         ("lewm/Reacher-v0", None, [0.0, -3.5], r"options\['goal_state'\] wrist.*valid range"),
         ("lewm/MiniGrid-MultiRoom-v0", [0.0, 0.0, 0.0], None, r"options\['state'\].*wall"),
@@ -309,7 +322,9 @@ def test_bad_minigrid_action_and_layout():
         make("lewm/MiniGrid-MultiRoom-v0", layout="maze")
 
 
-@pytest.mark.parametrize("module, env_id, extra", [("pymunk", "lewm/PushT-v0", "pusht"), ("ogbench", "lewm/Cube-v0", "cube")])
+@pytest.mark.parametrize(
+    "module, env_id, extra", [("pymunk", "lewm/PushT-v0", "pusht"), ("ogbench", "lewm/Cube-v0", "cube")]
+)
 def test_missing_extra_names_the_install(monkeypatch, module, env_id, extra):
     for name in [m for m in sys.modules if m == module or m.startswith(module + ".")] + [module]:
         monkeypatch.setitem(sys.modules, name, None)  # makes `import module` (and submodules) fail
@@ -356,7 +371,7 @@ def test_teleport_to_a_given_place():
 
 def test_cube_perturbations():
     env = make("lewm/Cube-v0")
-    obs, _ = env.reset(seed=0)
+    env.reset(seed=0)
     u = env.unwrapped
     moved = u.perturb("teleport", position=(0.5, 0.2, 0.02))
     np.testing.assert_allclose(moved["state"][u._cube_qpos : u._cube_qpos + 3], [0.5, 0.2, 0.02], atol=1e-6)
@@ -387,7 +402,12 @@ def success_rate(env_id, policy, episodes, seed=0):
 
 @pytest.mark.parametrize(
     "env_id, episodes",
-    [("lewm/TwoRoom-v0", 50), ("lewm/MiniGrid-MultiRoom-v0", 50), ("lewm/Reacher-v0", 10), ("lewm/PushT-v0", 10)],
+    [
+        ("lewm/TwoRoom-v0", 50),
+        ("lewm/MiniGrid-MultiRoom-v0", 50),
+        ("lewm/Reacher-v0", 10),
+        ("lewm/PushT-v0", 10),
+    ],
 )
 def test_expert_beats_random(env_id, episodes):
     expert, random = success_rate(env_id, "expert", episodes), success_rate(env_id, "random", episodes)

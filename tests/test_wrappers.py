@@ -38,8 +38,9 @@ def test_checkers_pass_on_pendulum():
     env = pendulum(image_size=48, success_fn=lambda env, obs, info: obs[0] > 0.99)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # later filters take precedence over this one
-        warnings.filterwarnings("ignore", message=".*symmetric and normalized")  # Pendulum's own [-2, 2] actions
-        warnings.filterwarnings("ignore", message=".*different from the unwrapped")  # we check the wrapper
+        # Pendulum's own [-2, 2] actions, and the notice that we check a wrapped env (on purpose).
+        warnings.filterwarnings("ignore", message=".*symmetric and normalized")
+        warnings.filterwarnings("ignore", message=".*different from the unwrapped")
         # The render check re-makes the env in every render mode, and "human" has no rgb frames.
         check_env(env, skip_render_check=True)
         sb3_check_env(env)
@@ -49,7 +50,7 @@ def test_checkers_pass_on_mountain_car_with_goal_option():
     env = mountain_car()
     goal = np.zeros((400, 600, 3), np.uint8)
     env = gym.wrappers.RecordEpisodeStatistics(env)  # composes with Gymnasium's wrappers
-    obs, info = env.reset(seed=0, options={"goal_image": goal})
+    obs, _ = env.reset(seed=0, options={"goal_image": goal})
     assert env.observation_space.contains(obs)
     with pytest.raises(ValueError, match="needs a goal image"):
         env.reset(seed=0)  # this env has no goal_fn
@@ -99,7 +100,9 @@ def test_success_wrapper_alone_keeps_observations():
 
 
 def test_env_without_rgb_array_renderer_names_the_fix():
-    with pytest.raises(ValueError, match=r"render_mode='rgb_array'.*gym.make\('Pendulum-v1', render_mode='rgb_array'\)"):
+    with pytest.raises(
+        ValueError, match=r"render_mode='rgb_array'.*gym.make\('Pendulum-v1', render_mode='rgb_array'\)"
+    ):
         PixelGoalWrapper(gym.make("Pendulum-v1"))
 
 
@@ -121,6 +124,8 @@ def test_bad_goal_images():
 
 
 def test_non_box_observations_are_dropped():
-    env = PixelGoalWrapper(gym.make("FrozenLake-v1", render_mode="rgb_array"), image_size=16, goal_fn=lambda e: e.render())
+    env = PixelGoalWrapper(
+        gym.make("FrozenLake-v1", render_mode="rgb_array"), image_size=16, goal_fn=lambda e: e.render()
+    )
     obs, _ = env.reset(seed=0)
     assert set(obs) == {"pixels", "goal"} and env.observation_space.contains(obs)
