@@ -54,7 +54,8 @@ def _eval(a) -> None:
     report = evaluate(
         a.run_dir, data=a.data, out=a.out, env_id=a.env,
         protocol=Protocol(episodes=a.episodes, goal_offset=a.goal_offset, budget=a.budget, seed=a.seed),
-        device=a.device, planner=a.planner, videos=a.videos, **overrides,
+        device=a.device, planner=a.planner, videos=a.videos, baselines=tuple(a.baseline or ["random"]),
+        **overrides,
     )
     from lewm_agent.evaluation import markdown_table
 
@@ -117,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=None)
     e.add_argument("--iterations", type=int, default=None)
     e.add_argument("--videos", type=int, default=4)
+    e.add_argument("--baseline", action="append", default=None,
+                   help="baseline policy run on the same episodes (repeatable): random (default), expert, sb3:PATH.zip")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=_eval)
 

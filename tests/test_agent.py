@@ -109,3 +109,21 @@ def test_bad_inputs_are_named(run_dir, tmp_path):
         LeWMAgent.load(run_dir, samples=3)
     with pytest.raises((FileNotFoundError, ValueError), match="nowhere"):
         LeWMAgent.load(tmp_path / "nowhere")
+
+
+def test_behaviour_policies_run_as_baselines_on_batches():
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from lewm_agent.baselines import PolicyAgent
+
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("lewm/TwoRoom-v0", image_size=32)] * 2)
+    expert = PolicyAgent.make("expert", envs, env_id="lewm/TwoRoom-v0", seed=0)
+    obs, _ = envs.reset(seed=0)
+    assert expert.act(obs).shape == (2, 2)
+    envs.close()
+    env = gym.make("lewm/TwoRoom-v0", image_size=32)
+    rand = PolicyAgent.make("random", env, seed=0)
+    assert env.action_space.contains(rand.act(env.reset(seed=0)[0]))
+    rewards, lengths = evaluate_policy(PolicyAgent.make("expert", env, seed=0), env, n_eval_episodes=3,
+                                       return_episode_rewards=True, warn=False)
+    assert len(lengths) == 3

@@ -1,5 +1,57 @@
-"""Baselines behind the agent protocol (``act``, ``reset``, ``predict``) for side-by-side evaluation."""
+"""Baselines behind the agent protocol (``act``, ``reset``, ``predict``) for side-by-side evaluation.
 
-from .random import RandomPolicy
+:class:`PolicyAgent` runs any behaviour policy of :mod:`lewm_agent.data.policies` (``"random"`` for
+the random floor, ``"expert"`` for the scripted expert, ``"sb3:PATH.zip"`` for a Stable-Baselines3
+model, or a callable) on one observation or a vector-env batch, exactly where the LeWM agent runs.
+"""
 
-__all__ = ["RandomPolicy"]
+from __future__ import annotations
+
+import numpy as np
+
+from lewm_agent.data.policies import Policy, make_policy
+
+
+class PolicyAgent:
+    """One clone of ``policy`` per env slot, reseeded from ``seed`` at every episode start."""
+
+    def __init__(self, policy: Policy, seed: int = 0):
+        self.policy, self.seed = policy, seed
+        self._slots: list[Policy | None] = []
+        self._episodes = 0
+
+    @classmethod
+    def make(cls, name, env, env_id: str | None = None, seed: int = 0) -> "PolicyAgent":
+        """``name`` as for :func:`lewm_agent.data.policies.make_policy`, for ``env``'s spaces."""
+        return cls(make_policy(name, env, env_id=env_id), seed)
+
+    def reset(self, env_indices=None) -> None:
+        if env_indices is None:
+            self._slots = []
+            return
+        for i in np.atleast_1d(env_indices):
+            if i < len(self._slots):
+                self._slots[i] = None
+
+    def act(self, obs: dict):
+        pixels = np.asarray(obs["pixels"])
+        if pixels.ndim == 3:
+            return self._slot(0)(obs)
+        return np.stack([self._slot(i)({k: v[i] for k, v in obs.items()}) for i in range(len(pixels))])
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        if episode_start is not None:
+            self.reset(np.flatnonzero(np.atleast_1d(episode_start)))
+        return self.act(observation), state
+
+    def _slot(self, i: int) -> Policy:
+        self._slots += [None] * (i + 1 - len(self._slots))
+        if self._slots[i] is None:
+            policy = self.policy.clone()
+            policy.reset(hash((self.seed, self._episodes)) & 0x7FFFFFFF)
+            self._episodes += 1
+            self._slots[i] = policy
+        return self._slots[i]
+
+
+__all__ = ["PolicyAgent"]

@@ -27,6 +27,7 @@ def evaluate(
     planner: str | None = None,
     videos: int = 4,
     progress: bool = True,
+    baselines: tuple[str, ...] = ("random",),
     **planner_overrides,
 ) -> dict:
     """Evaluate the checkpoint in ``run_dir`` and the random floor on the same episodes.
@@ -34,10 +35,11 @@ def evaluate(
     With ``data`` (an episode store held out from training) the paper's dataset protocol is used;
     without it the env samples starts and goals. Writes ``results.json``, ``results.md``,
     ``plot.png`` and up to ``videos`` episode videos to ``out`` (default ``run_dir/eval``) and returns
-    the results dict.
+    the results dict. ``baselines`` are behaviour-policy names (``random``, ``expert``, ``sb3:PATH.zip``)
+    run on the same episodes.
     """
     from lewm_agent.agent import LeWMAgent
-    from lewm_agent.baselines import RandomPolicy
+    from lewm_agent.baselines import PolicyAgent
     from lewm_agent.checkpoint import read_config
     from lewm_agent.data.store import EpisodeStore
 
@@ -59,8 +61,13 @@ def evaluate(
     make_env = make_env_factory(env_id, image_size)
     out.mkdir(parents=True, exist_ok=True)
 
+    probe_env = make_env()
+    contenders = [("LeWM", agent)] + [
+        (name, PolicyAgent.make(name, probe_env, env_id=env_id, seed=protocol.seed)) for name in baselines
+    ]
+    probe_env.close()
     policies, recordings = {}, {}
-    for name, policy in (("LeWM", agent), ("random", RandomPolicy(agent.action_space, seed=protocol.seed))):
+    for name, policy in contenders:
         results, frames = run_episodes(
             policy, make_env, specs, protocol.budget, desc=f"eval {name}", record=videos if name == "LeWM" else 0,
             progress=progress,

@@ -206,7 +206,7 @@ class Trainer:
                              "processes; use a multiple of the process count")
         self.writer_cls = self._tensorboard_writer() if cfg.tensorboard and self.world.is_main else None
 
-        store = EpisodeStore(cfg.data)
+        store = self.store = EpisodeStore(cfg.data)
         self.spec = store.action_spec
         self.model_config = self._model_config()
 
@@ -377,6 +377,7 @@ class Trainer:
         finally:
             if self.tb:
                 self.tb.close()
+            self.store.close()  # so the caller may append to the data file right away
             distributed.teardown()
 
     def _train_epoch(self) -> None:
