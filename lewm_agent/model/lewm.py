@@ -76,6 +76,10 @@ _TINY = dict(
 )
 PRESETS: dict[str, dict] = {"paper": _PAPER, "small": _SMALL, "tiny": _TINY}
 
+# Rollouts on a CPU go in chunks of candidates whose widest activation is about this big (see
+# LeWM._chunk_sizes): small enough to stay in the caches, big enough for efficient matmuls.
+ROLLOUT_CHUNK_BYTES = 6 << 20
+
 
 def preset_config(name: str, action_dim: int, action_block: int = 5, **overrides) -> LeWMConfig:
     """The config of preset ``name`` for ``action_dim``-wide step actions, with ``overrides`` applied."""
@@ -166,42 +170,86 @@ class LeWM(nn.Module):
     # -- planning ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def rollout(self, emb_hist: torch.Tensor, act_hist: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+    def rollout(
+        self, emb_hist: torch.Tensor, act_hist: torch.Tensor, plans: torch.Tensor, precision: str = "fp32"
+    ) -> torch.Tensor:
         """Autoregressive imagination from a real history under candidate plans.
 
         ``emb_hist [B, h, D]``: embeddings of the last h frames (h <= history, the newest last);
         ``act_hist [B, h - 1, A]``: the action blocks executed between them;
         ``plans [B, S, H, A]``: S candidate plans of H blocks each, starting at the newest frame.
-        Returns the predicted embeddings ``[B, S, H, D]`` after each planned block. The context is
-        truncated to the last ``history`` steps, as in the official rollout.
+        Returns the predicted embeddings ``[B, S, H, D]`` (float32) after each planned block. The
+        context is truncated to the last ``history`` steps, as in the official rollout.
+
+        ``precision="bf16"`` runs the rollout under bfloat16 autocast: faster on CPUs with native
+        bf16 (AVX-512 BF16, AMX) and on GPUs, at about 3 significant digits per embedding.
         """
-        return self._rollout(emb_hist, act_hist, plans)
+        return self._rollout(emb_hist, act_hist, plans, precision)
 
-    def rollout_with_grad(self, emb_hist, act_hist, plans):
+    def rollout_with_grad(self, emb_hist, act_hist, plans, precision: str = "fp32"):
         """:meth:`rollout` with autograd enabled (for gradient-based planners)."""
-        return self._rollout(emb_hist, act_hist, plans)
+        return self._rollout(emb_hist, act_hist, plans, precision)
 
-    def _rollout(self, emb_hist: torch.Tensor, act_hist: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
-        b, s, horizon, _ = plans.shape
-        hist = self.config.history
+    def _rollout(self, emb_hist, act_hist, plans, precision: str = "fp32") -> torch.Tensor:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         h = emb_hist.shape[1]
         if act_hist.shape[1] != h - 1:
             raise ValueError(f"act_hist must hold h - 1 = {h - 1} blocks for {h} history frames, got {act_hist.shape[1]}")
+        hist = self.config.history
         emb_hist, act_hist = emb_hist[:, -hist:], act_hist[:, act_hist.shape[1] - min(h, hist) + 1 :]
-        # Each action's AdaLN modulations are fixed for the whole rollout: compute them once per
-        # block instead of once per rollout step (a third of the predictor's per-token work).
-        act_emb = self.encode_actions(torch.cat([act_hist.unsqueeze(1).expand(-1, s, -1, -1), plans], dim=2))
-        mods = self.predictor.modulations(act_emb.flatten(0, 1))  # per block: [B*S, h-1+H, 6D]
-        ctx = emb_hist.unsqueeze(1).expand(-1, s, -1, -1).flatten(0, 1)  # [B*S, h, D]
-        first = ctx.shape[1] - 1  # index in act_emb of the action paired with the newest frame
-        preds = []
+        envs, cands = self._chunk_sizes(*plans.shape[:2], emb_hist.device)
+        with torch.autocast(emb_hist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return torch.cat([
+                torch.cat([self._imagine(e, a, chunk).float() for chunk in p.split(cands, dim=1)], dim=1)
+                for e, a, p in zip(emb_hist.split(envs), act_hist.split(envs), plans.split(envs))
+            ])
+
+    def _chunk_sizes(self, b: int, s: int, device: torch.device) -> tuple[int, int]:
+        """(envs, candidates per env) per :meth:`_imagine` call. On a CPU the rollout is bound by memory
+        traffic once its activations outgrow the caches (B = 50 envs x 300 candidates of the tiny preset
+        ran 1.7x slower in one call than in chunks), so the B x S candidates go in chunks whose widest
+        activation stays near ``ROLLOUT_CHUNK_BYTES``. GPUs take everything at once."""
+        if device.type != "cpu":
+            return b, s
+        c = self.config
+        widest = max(3 * c.pred_heads * c.pred_dim_head, c.pred_mlp_dim)  # per window position
+        per_chunk = max(1, ROLLOUT_CHUNK_BYTES // (4 * c.history * widest))
+        if per_chunk >= s:
+            return per_chunk // s, s
+        return 1, -(-s // -(-s // per_chunk))  # equal splits of S
+
+    def _imagine(self, emb_hist: torch.Tensor, act_hist: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+        """:meth:`rollout` once the history fits the window (h <= history).
+
+        Frames are numbered 0..h-1 (real) then h.. (predicted), and frame i is paired with action i:
+        the executed blocks for i < h - 1, ``plans[:, :, i - h + 1]`` after. Step k feeds the window of
+        frames lo..h+k-1 (at most ``history``) and keeps the newest output. The window's leading
+        positions whose frame *and* action are real are the same for all S candidates, and under
+        causal attention so are their keys and values: they are computed once per env (batch B) and
+        broadcast, so the S candidates only pay for the positions their plan touches. Positional
+        embeddings are per window position, so this sharing is redone at each step, never reused.
+        """
+        b, s, horizon, _ = plans.shape
+        h, hist = emb_hist.shape[1], self.config.history
+        # AdaLN modulations depend on the action alone: once per action, not once per window it is in.
+        plan_mods = self.predictor.modulations(self.encode_actions(plans))  # per block [B, S, H, 6D]
+        hist_mods = self.predictor.modulations(self.encode_actions(act_hist)) if h > 1 else None
+        # The candidates' own frames: the newest real one (paired with the first planned block),
+        # then each prediction as it is made.
+        frames = emb_hist[:, None, -1:].expand(b, s, 1, -1)
         for step in range(horizon):
-            lo = first + step - ctx.shape[1] + 1
-            out = self.predictor(ctx, mods=[m[:, lo : first + step + 1] for m in mods])
-            nxt = self.pred_proj(out[:, -1:])
-            preds.append(nxt)
-            ctx = torch.cat([ctx, nxt], dim=1)[:, -hist:]
-        return torch.cat(preds, dim=1).view(b, s, horizon, -1)
+            lo = max(0, h + step - hist)
+            n_shared = max(0, h - 1 - lo)
+            past = None
+            if n_shared:
+                shared = slice(lo, h - 1)
+                _, past = self.predictor(emb_hist[:, shared], mods=[m[:, shared] for m in hist_mods], return_kv=True)
+                past = [(k.unsqueeze(1), v.unsqueeze(1)) for k, v in past]  # broadcast over the S candidates
+            own = slice(lo + n_shared - (h - 1), step + 1)  # indices into frames and plan blocks
+            out = self.predictor(frames[:, :, own], mods=[m[:, :, own] for m in plan_mods], past=past, last_only=True)
+            frames = torch.cat([frames, self.pred_proj(out)], dim=2)
+        return frames[:, :, 1:]
 
 
 def config_to_dict(config: LeWMConfig) -> dict:

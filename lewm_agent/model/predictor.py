@@ -10,6 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+KV = tuple[torch.Tensor, torch.Tensor]
+"""Keys and values of one attention layer, ``[..., positions, heads, dim_head]`` each."""
+
 
 class MLPProjector(nn.Module):
     """Linear -> BatchNorm1d -> GELU -> Linear over the last dim; any leading shape."""
@@ -45,12 +48,64 @@ class Attention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.to_qkv(self.norm(x)).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+    def forward(self, x: torch.Tensor, past: KV | None = None, last_only: bool = False) -> tuple[torch.Tensor, KV]:
+        """Causal self-attention over ``x [..., n, dim]``, returning ``(out, (k, v))``.
+
+        ``past``: keys and values ``[..., P, heads, dim_head]`` of P earlier positions (broadcastable to
+        x's leading dims); x then holds positions P..P+n-1 and attends to them too. ``last_only``: only
+        the newest position's output is computed (``out [..., 1, dim]``). ``(k, v)`` are x's own.
+        """
+        qkv = self.to_qkv(self.norm(x)).unflatten(-1, (3, self.heads, self.dim_head))  # [..., n, 3, h, d]
+        q, k, v = qkv.unbind(-3)  # each [..., n, h, d]
+        kv = (k, v)
+        if past is not None:
+            lead = x.shape[:-2]
+            k = torch.cat([past[0].expand(*lead, -1, -1, -1), k], dim=-3)
+            v = torch.cat([past[1].expand(*lead, -1, -1, -1), v], dim=-3)
+        if last_only:
+            q = q[..., -1:, :, :]
+        if self.training or k.shape[-3] > SHORT_WINDOW:
+            out = _fused_attention(q, k, v, self.dropout if self.training else 0.0)
+        else:
+            out = _short_attention(q, k, v)
+        return self.to_out(out.flatten(-2)), kv
+
+
+# Up to this many positions, attention in eval mode loops over the keys (see _short_attention).
+SHORT_WINDOW = 4
+
+
+def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """Causal ``F.scaled_dot_product_attention``; shapes as in :func:`_short_attention`."""
+    nq, nk = q.shape[-3], k.shape[-3]
+    mask = None
+    if 1 < nq < nk:  # query i (position nk - nq + i) sees keys 0..nk - nq + i
+        mask = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+    out_shape = q.shape
+    # [N, h, n, d]: CPU's fused (flash) kernel takes 4-D tensors only.
+    q, k, v = (t.reshape(-1, *t.shape[-3:]).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=nq == nk > 1)
+    return out.transpose(1, 2).reshape(out_shape)
+
+
+def _short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention for windows of a few positions: ``q [..., nq, h, d]`` are the last nq
+    of the ``nk`` positions in ``k, v [..., nk, h, d]``. Returns ``[..., nq, h, d]``.
+
+    With so few keys, a loop over them (one elementwise product and sum each) beats both the batched
+    matmuls and the fused kernel, which are built for long sequences.
+    """
+    nq, nk = q.shape[-3], k.shape[-3]
+    # Keys on dim -3 of the scores, so the softmax runs over a strided dim with contiguous rows.
+    scores = torch.stack([(q * k[..., j : j + 1, :, :]).sum(-1) for j in range(nk)], dim=-3)  # [..., nk, nq, h]
+    if nq > 1:  # query i (position nk - nq + i) sees keys 0..nk - nq + i
+        hidden = torch.ones(nk, nq, dtype=torch.bool, device=q.device).tril(-(nk - nq + 1))
+        scores = scores.masked_fill(hidden[:, :, None], float("-inf"))
+    probs = (scores * q.shape[-1] ** -0.5).softmax(-3, dtype=torch.float32).to(v.dtype).unsqueeze(-1)
+    out = probs[..., 0, :, :, :] * v[..., 0:1, :, :]
+    for j in range(1, nk):
+        out = torch.addcmul(out, probs[..., j, :, :, :], v[..., j : j + 1, :, :])
+    return out
 
 
 class FeedForward(nn.Module):
@@ -81,14 +136,28 @@ class AdaLNBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         nn.init.zeros_(self.adaLN_modulation[1].weight)
         nn.init.zeros_(self.adaLN_modulation[1].bias)
+        # 1 at the two scale slots, so that modulation() returns 1 + scale, ready to multiply.
+        one = torch.zeros(6, dim)
+        one[[1, 4]] = 1.0
+        self.register_buffer("scale_one", one.flatten(), persistent=False)
 
     def modulation(self, c: torch.Tensor) -> torch.Tensor:
-        return self.adaLN_modulation(c)
+        """``[..., 6 * dim]``: shift, 1 + scale, gate for the attention, then the same for the MLP."""
+        silu, linear = self.adaLN_modulation
+        return F.linear(silu(c), linear.weight, linear.bias + self.scale_one)  # the +1 rides on the bias
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mod: torch.Tensor, past: KV | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, KV]:
+        """``(x', (k, v))``; ``past`` and ``last_only`` as in :meth:`Attention.forward` (with
+        ``last_only`` only the newest position goes on: ``x' [..., 1, dim]``)."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod.chunk(6, dim=-1)
-        x = x + gate_a * self.attn(self.norm1(x) * (1 + scale_a) + shift_a)
-        return x + gate_m * self.mlp(self.norm2(x) * (1 + scale_m) + shift_m)
+        # addcmul(a, b, c) = a + b * c in one pass over memory instead of two.
+        attn, kv = self.attn(torch.addcmul(shift_a, self.norm1(x), scale_a), past, last_only)
+        if last_only:
+            x, gate_a, shift_m, scale_m, gate_m = (t[..., -1:, :] for t in (x, gate_a, shift_m, scale_m, gate_m))
+        x = torch.addcmul(x, gate_a, attn)
+        return torch.addcmul(x, gate_m, self.mlp(torch.addcmul(shift_m, self.norm2(x), scale_m))), kv
 
 
 class Predictor(nn.Module):
@@ -108,12 +177,36 @@ class Predictor(nn.Module):
         """Per-block AdaLN modulations ``[..., T, 6 * dim]`` of action embeddings ``[..., T, dim]``."""
         return [block.modulation(act_emb) for block in self.blocks]
 
-    def forward(self, x: torch.Tensor, act_emb: torch.Tensor | None = None, mods: list | None = None) -> torch.Tensor:
-        t = x.shape[1]
-        if t > self.history:
-            raise ValueError(f"predictor context has {t} steps but the model was built for history {self.history}")
+    def forward(
+        self,
+        x: torch.Tensor,
+        act_emb: torch.Tensor | None = None,
+        mods: list[torch.Tensor] | None = None,
+        past: list[KV] | None = None,
+        last_only: bool = False,
+        return_kv: bool = False,
+    ):
+        """The predictor over ``x [..., T, dim]`` with action embeddings ``act_emb`` (or their
+        precomputed ``mods``, per block).
+
+        For planning: ``past`` holds, per block, the keys and values of P earlier window positions
+        (see :meth:`Attention.forward`), and x then holds positions P..P+T-1; ``last_only`` returns
+        only the newest position's output ``[..., 1, dim]``; ``return_kv`` also returns x's own keys
+        and values per block, to serve as a later call's ``past``.
+        """
+        p_len = 0 if past is None else past[0][0].shape[-3]
+        t = x.shape[-2]
+        if p_len + t > self.history:
+            raise ValueError(
+                f"predictor context has {p_len + t} steps but the model was built for history {self.history}"
+            )
         mods = self.modulations(act_emb) if mods is None else mods
-        x = x + self.pos_embed[:, :t]
-        for block, mod in zip(self.blocks, mods):
-            x = block(x, mod)
-        return self.norm(x)
+        past = past or [None] * len(self.blocks)
+        x = x + self.pos_embed[:, p_len : p_len + t]
+        kvs = []
+        for i, (block, mod, block_past) in enumerate(zip(self.blocks, mods, past)):
+            # Only the last block can drop the older positions: earlier ones feed its keys and values.
+            x, kv = block(x, mod, block_past, last_only and i == len(self.blocks) - 1)
+            kvs.append(kv)
+        x = self.norm(x)
+        return (x, kvs) if return_kv else x
