@@ -10,11 +10,11 @@ from lewm_agent import LeWMAgent
 from lewm_agent.data.collector import collect
 from lewm_agent.train import TrainConfig, train
 
-# 1. Offline data: noisy scripted-expert episodes, stored in the official LeWM HDF5 layout.
-data = collect("lewm/TwoRoom-v0", episodes=1000, policy="expert", out="runs/quickstart/tworoom.h5", image_size=64)
+# 1. Offline data: very noisy scripted-expert episodes (broad action coverage), stored in the official LeWM HDF5 layout.
+data = collect("lewm/TwoRoom-v0", episodes=1500, policy="expert:1.0", out="runs/quickstart/tworoom.h5", image_size=64)
 
 # 2. Train the CPU-sized world model (next-embedding prediction + SIGReg); resumes if interrupted.
-run_dir = train(TrainConfig(data=str(data), out="runs/quickstart/model", preset="tiny", steps=2000,
+run_dir = train(TrainConfig(data=str(data), out="runs/quickstart/model", preset="tiny", steps=1500,
                             batch_size=64, lr=1e-3))
 
 # 3. Plan toward goal images with CEM in the latent space, in an ordinary Gymnasium loop.

@@ -125,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="collect TwoRoom data, train a CPU-sized LeWM, evaluate it (about 10 min)")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--steps", type=int, default=3000)
-    d.add_argument("--episodes", type=int, default=300, help="training episodes to collect")
+    d.add_argument("--steps", type=int, default=1500)
+    d.add_argument("--episodes", type=int, default=1500, help="training episodes to collect")
     d.add_argument("--device", default="auto")
     d.set_defaults(fn=_demo)
     return p
