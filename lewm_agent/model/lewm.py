@@ -181,8 +181,10 @@ class LeWM(nn.Module):
         Returns the predicted embeddings ``[B, S, H, D]`` (float32) after each planned block. The
         context is truncated to the last ``history`` steps, as in the official rollout.
 
-        ``precision="bf16"`` runs the rollout under bfloat16 autocast: faster on CPUs with native
-        bf16 (AVX-512 BF16, AMX) and on GPUs, at about 3 significant digits per embedding.
+        ``precision="bf16"`` runs the rollout under bfloat16 autocast (matmuls in bf16, the residual
+        stream in fp32): several times faster on CPUs with native bf16 (AVX-512 BF16, AMX) and on
+        GPUs, at a relative error of about 0.5% on the final embedding; CEM plans then cost the same
+        under the fp32 model (``benchmarks/plan_speed.py --compare``).
         """
         return self._rollout(emb_hist, act_hist, plans, precision)
 

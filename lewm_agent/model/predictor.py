@@ -34,10 +34,10 @@ class ActionEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(smoothed_dim, mlp_ratio * dim), nn.SiLU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, actions: torch.Tensor) -> torch.Tensor:
-        lead = actions.shape[:-1]
-        x = actions.reshape(-1, actions.shape[-2], actions.shape[-1]).transpose(1, 2)
-        x = self.smooth(x).transpose(1, 2)
-        return self.mlp(x).reshape(*lead, -1)
+        # A kernel-1 Conv1d is a Linear over the features of each step; applied as one, it keeps the
+        # steps contiguous (a transposed Conv1d output sent the MLP through slow batched matmuls).
+        x = F.linear(actions, self.smooth.weight.squeeze(-1), self.smooth.bias)
+        return self.mlp(x)
 
 
 class Attention(nn.Module):
