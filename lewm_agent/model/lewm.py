@@ -6,6 +6,7 @@ SIGReg on every frame's embedding, weighted by ``sigreg_weight`` (lambda = 0.09,
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -201,11 +202,11 @@ class LeWM(nn.Module):
         hist = self.config.history
         emb_hist, act_hist = emb_hist[:, -hist:], act_hist[:, act_hist.shape[1] - min(h, hist) + 1 :]
         envs, cands = self._chunk_sizes(*plans.shape[:2], emb_hist.device)
+        rows = []
         with torch.autocast(emb_hist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            return torch.cat([
-                torch.cat([self._imagine(e, a, chunk).float() for chunk in p.split(cands, dim=1)], dim=1)
-                for e, a, p in zip(emb_hist.split(envs), act_hist.split(envs), plans.split(envs))
-            ])
+            for e, a, p in zip(emb_hist.split(envs), act_hist.split(envs), plans.split(envs)):
+                rows.append(torch.cat([self._imagine(e, a, chunk).float() for chunk in p.split(cands, dim=1)], dim=1))
+        return torch.cat(rows)
 
     def _chunk_sizes(self, b: int, s: int, device: torch.device) -> tuple[int, int]:
         """(envs, candidates per env) per :meth:`_imagine` call. On a CPU the rollout is bound by memory
@@ -219,7 +220,7 @@ class LeWM(nn.Module):
         per_chunk = max(1, ROLLOUT_CHUNK_BYTES // (4 * c.history * widest))
         if per_chunk >= s:
             return per_chunk // s, s
-        return 1, -(-s // -(-s // per_chunk))  # equal splits of S
+        return 1, math.ceil(s / math.ceil(s / per_chunk))  # S in equal parts
 
     def _imagine(self, emb_hist: torch.Tensor, act_hist: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
         """:meth:`rollout` once the history fits the window (h <= history).
