@@ -127,3 +127,26 @@ def test_behaviour_policies_run_as_baselines_on_batches():
     rewards, lengths = evaluate_policy(PolicyAgent.make("expert", env, seed=0), env, n_eval_episodes=3,
                                        return_episode_rewards=True, warn=False)
     assert len(lengths) == 3
+
+
+@pytest.mark.parametrize(
+    "planner, settings",
+    [("cem", FAST_PLANNER), ("mppi", {"num_samples": 16, "iterations": 2, "topk": 4}), ("gradient", {"iterations": 3})],
+)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_planner_and_precision_drives_the_agent(run_dir, planner, settings, precision):
+    agent = LeWMAgent.load(
+        run_dir, device="cpu", planner=planner, precision=precision, receding_horizon=1, **settings
+    )
+    env = gym.make("lewm/TwoRoom-v0", image_size=64)
+    obs, _ = env.reset(seed=0)
+    for _ in range(6):  # a plan per block of 5 steps: the second one warm-started
+        action = agent.act(obs)
+        assert env.action_space.contains(action)
+        obs, *_ = env.step(action)
+    assert len(agent.plan_times) == 2
+
+
+def test_unknown_precision_is_refused(run_dir):
+    with pytest.raises(ValueError, match="precision"):
+        LeWMAgent.load(run_dir, device="cpu", precision="fp16")
