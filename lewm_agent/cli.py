@@ -18,6 +18,19 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _setting(text: str) -> tuple[str, int | float | str]:
+    """``KEY=VALUE`` for a LeWMConfig setting; the value is parsed as an int, a float or kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. embed_dim=16), got {text!r}")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def _collect(a) -> None:
     from lewm_agent.data.collector import collect
 
@@ -34,7 +47,7 @@ def _train(a) -> None:
     cfg = TrainConfig(
         data=a.data, out=a.out, preset=a.preset, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size,
         lr=a.lr, sigreg_weight=a.sigreg_weight, frameskip=a.frameskip, history=a.history, seed=a.seed,
-        device=a.device, num_workers=a.num_workers, tensorboard=a.tensorboard,
+        device=a.device, num_workers=a.num_workers, tensorboard=a.tensorboard, model_overrides=dict(a.set or []),
     )
     print(f"checkpoint in {train(cfg)}")
 
@@ -101,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--num-workers", type=int, default=None)
     t.add_argument("--tensorboard", action="store_true")
+    t.add_argument("--set", type=_setting, action="append", metavar="KEY=VALUE",
+                   help="override a model setting of the preset, e.g. --set embed_dim=16 (repeatable)")
     t.set_defaults(fn=_train)
 
     i = sub.add_parser("info", help="describe a checkpoint folder")

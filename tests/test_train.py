@@ -237,3 +237,21 @@ def test_precise_bn_makes_eval_mode_match_train_mode():
     expected = torch.stack([h.mean(0) for h in hidden]).mean(0)
     assert torch.allclose(bn.running_mean, expected, atol=1e-5)
     assert bn.momentum == 0.1 and model.training  # momentum and mode are restored
+
+
+def test_cli_train_takes_model_settings(tmp_path, capsys):
+    from lewm_agent.checkpoint import read_config
+    from lewm_agent.cli import main
+
+    data = write_store(tmp_path / "data.h5")
+    tiny = [f"--set={k}={v}" for k, v in TINY.items()]
+    common = [data, "--preset", "tiny", "--steps", "2", "--batch-size", "8", "--frameskip", "2"]
+    assert main(["train", *common, "--out", str(tmp_path / "run"), *tiny, "--set", "embed_dim=8"]) == 0
+    assert read_config(tmp_path / "run")["model"]["embed_dim"] == 8
+
+    assert main(["train", *common, "--out", str(tmp_path / "bad"), "--set", "embed_size=8"]) == 2
+    assert "unknown LeWMConfig settings ['embed_size']" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):
+        main(["train", *common, "--out", str(tmp_path / "bad"), "--set", "embed_dim"])
+    assert "KEY=VALUE" in capsys.readouterr().err
