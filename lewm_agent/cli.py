@@ -80,7 +80,7 @@ def _eval(a) -> None:
 def _demo(a) -> None:
     from lewm_agent.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=a.out, steps=a.steps, device=a.device, train_episodes=a.episodes))
+    run_demo(DemoConfig(out=a.out, steps=a.steps, device=a.device, train_episodes=a.episodes, planner=a.planner))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--steps", type=int, default=1500)
     d.add_argument("--episodes", type=int, default=1500, help="training episodes to collect")
+    d.add_argument("--planner", default="mppi", help="mppi (default) | cem (the paper's) | gradient")
     d.add_argument("--device", default="auto")
     d.set_defaults(fn=_demo)
     return p

@@ -1,7 +1,8 @@
 """``lewm demo``: the whole pipeline on TwoRoom, sized for a laptop CPU.
 
-collect expert data -> train the ``tiny`` LeWM -> evaluate it with the paper's protocol (50 held-out
-start/goal pairs, goal 25 steps ahead, 50-step budget, seed 42) beside the random floor -> write the
+collect expert data -> train the ``tiny`` LeWM (16-d latent) -> plan with MPPI and evaluate with the
+paper's protocol (50 held-out start/goal pairs, goal 25 steps ahead, 50-step budget, seed 42) beside
+the random floor -> write the
 table, a plot and videos. Every stage keeps its output in ``out``; running the command again after an
 interruption resumes where it stopped (collection appends, training resumes from its last epoch).
 """
@@ -25,6 +26,11 @@ class DemoConfig:
     eval_episodes: int = 150  # held-out episodes the 50 protocol start/goal pairs are drawn from
     policy: str = "expert:1.0"
     preset: str = "tiny"
+    # A 16-d latent instead of tiny's 64: TwoRoom's frames vary in two dimensions only, and SIGReg
+    # spreads them over every latent dimension, so the wider the latent the sooner the latent distance
+    # to the goal stops growing with the true distance. Success of CEM with 1,500-step models on the same
+    # data and protocol: 18% at 64-d, 34% at 32, 50% at 16, 52% at 8, 42% at 4.
+    model_overrides: dict = field(default_factory=lambda: {"embed_dim": 16})
     steps: int = 1500
     epochs: int = 4  # used only when steps is None
     batch_size: int = 64
@@ -34,7 +40,11 @@ class DemoConfig:
     device: str = "auto"
     eval_count: int = 50
     progress: bool = True
-    planner_overrides: dict = field(default_factory=dict)  # e.g. {"num_samples": 100}; default: the paper's CEM
+    # MPPI instead of the paper's CEM: its sampling std stays at 1, so it keeps exploring where the
+    # latent distance is flat; CEM's std shrinks onto the nearest basin. Same 1,500-step 16-d model,
+    # same 50 episodes: MPPI 74%, CEM 50% (64-d model: 68% vs 18%). `planner="cem"` is the paper's.
+    planner: str = "mppi"
+    planner_overrides: dict = field(default_factory=dict)  # e.g. {"num_samples": 100}; default: 300 x 30
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -65,13 +75,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         TrainConfig(
             data=str(train_data), out=str(run_dir), preset=cfg.preset, steps=cfg.steps, epochs=cfg.epochs,
             batch_size=cfg.batch_size, lr=cfg.lr, image_size=cfg.image_size, seed=cfg.seed, device=cfg.device,
-            progress=cfg.progress,
+            progress=cfg.progress, model_overrides=cfg.model_overrides,
         )
     )
-    stage(f"4/4 evaluating: {cfg.eval_count} start/goal pairs from the held-out episodes, LeWM vs random")
+    stage(f"4/4 evaluating: {cfg.eval_count} held-out start/goal pairs, LeWM ({cfg.planner}) vs random")
     report = evaluate(
         run_dir, data=eval_data, out=out / "eval", protocol=Protocol(episodes=cfg.eval_count), device=cfg.device,
-        progress=cfg.progress, **cfg.planner_overrides,
+        planner=cfg.planner, progress=cfg.progress, **cfg.planner_overrides,
     )
     lewm, rand = report["policies"]["LeWM"], report["policies"]["random"]
     stage(
