@@ -14,11 +14,12 @@ from lewm_agent.train import TrainConfig, train
 data = collect("lewm/TwoRoom-v0", episodes=1500, policy="expert:1.0", out="runs/quickstart/tworoom.h5", image_size=64)
 
 # 2. Train the CPU-sized world model (next-embedding prediction + SIGReg); resumes if interrupted.
-run_dir = train(TrainConfig(data=str(data), out="runs/quickstart/model", preset="tiny", steps=1500,
-                            batch_size=64, lr=1e-3))
+#    A 16-d latent suits TwoRoom's two-dimensional frames (see the README's demo results).
+run_dir = train(TrainConfig(data=str(data), out="runs/quickstart/model", preset="tiny", steps=2500,
+                            batch_size=64, lr=1e-3, model_overrides={"embed_dim": 16}))
 
-# 3. Plan toward goal images with CEM in the latent space, in an ordinary Gymnasium loop.
-agent = LeWMAgent.load(run_dir)
+# 3. Plan toward goal images with MPPI in the latent space, in an ordinary Gymnasium loop.
+agent = LeWMAgent.load(run_dir, planner="mppi")
 env = gym.make("lewm/TwoRoom-v0", image_size=64)
 successes = 0
 for episode in range(10):

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="collect TwoRoom data, train a CPU-sized LeWM, evaluate it (about 10 min)")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--steps", type=int, default=1500)
+    d.add_argument("--steps", type=int, default=2500)
     d.add_argument("--episodes", type=int, default=1500, help="training episodes to collect")
     d.add_argument("--planner", default="mppi", help="mppi (default) | cem (the paper's) | gradient")
     d.add_argument("--device", default="auto")

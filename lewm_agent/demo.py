@@ -31,7 +31,7 @@ class DemoConfig:
     # to the goal stops growing with the true distance. Success of CEM with 1,500-step models on the same
     # data and protocol: 18% at 64-d, 34% at 32, 50% at 16, 52% at 8, 42% at 4.
     model_overrides: dict = field(default_factory=lambda: {"embed_dim": 16})
-    steps: int = 1500
+    steps: int = 2500
     epochs: int = 4  # used only when steps is None
     batch_size: int = 64
     lr: float = 1e-3
