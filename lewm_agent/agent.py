@@ -24,6 +24,7 @@ import torch
 from lewm_agent.checkpoint import PLANNER_DEFAULTS, load_checkpoint
 from lewm_agent.images import resize_images
 from lewm_agent.model import LeWM
+from lewm_agent.model.lewm import check_precision
 from lewm_agent.planning import Planner, make_planner
 from lewm_agent.spaces import ActionCodec
 
@@ -67,8 +68,7 @@ class LeWMAgent:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
     ):
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        check_precision(precision)  # before any planning, not at the first rollout
         if not 1 <= receding_horizon <= horizon:
             raise ValueError(f"receding_horizon must be in [1, horizon={horizon}], got {receding_horizon}")
         if codec.spec.feature_dim != model.config.action_dim:

@@ -81,6 +81,14 @@ PRESETS: dict[str, dict] = {"paper": _PAPER, "small": _SMALL, "tiny": _TINY}
 # LeWM._chunk_sizes): small enough to stay in the caches, big enough for efficient matmuls.
 ROLLOUT_CHUNK_BYTES = 6 << 20
 
+PRECISIONS = ("fp32", "bf16")  # rollout arithmetic, see LeWM.rollout
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
 
 def preset_config(name: str, action_dim: int, action_block: int = 5, **overrides) -> LeWMConfig:
     """The config of preset ``name`` for ``action_dim``-wide step actions, with ``overrides`` applied."""
@@ -194,8 +202,7 @@ class LeWM(nn.Module):
         return self._rollout(emb_hist, act_hist, plans, precision)
 
     def _rollout(self, emb_hist, act_hist, plans, precision: str = "fp32") -> torch.Tensor:
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        check_precision(precision)
         h = emb_hist.shape[1]
         if act_hist.shape[1] != h - 1:
             raise ValueError(f"act_hist must hold h - 1 = {h - 1} blocks for {h} history frames, got {act_hist.shape[1]}")
