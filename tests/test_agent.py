@@ -150,3 +150,22 @@ def test_every_planner_and_precision_drives_the_agent(run_dir, planner, settings
 def test_unknown_precision_is_refused(run_dir):
     with pytest.raises(ValueError, match="precision"):
         LeWMAgent.load(run_dir, device="cpu", precision="fp16")
+
+
+def test_compiled_rollout_plans_like_the_eager_one(run_dir):
+    """``compile=True`` (torch.compile of the rollout) changes the speed, not the plans. The history
+    grows from 1 to 3 frames over these steps, so three compiled shapes are exercised."""
+    env = gym.make("lewm/TwoRoom-v0", image_size=64)
+    eager = LeWMAgent.load(run_dir, device="cpu", receding_horizon=1, **FAST_PLANNER)
+    compiled = LeWMAgent.load(run_dir, device="cpu", receding_horizon=1, compile=True, **FAST_PLANNER)
+    assert compiled.model.rollout_compiled and not eager.model.rollout_compiled
+    obs, _ = env.reset(seed=0)
+    for _ in range(11):
+        action = eager.act(obs)
+        np.testing.assert_allclose(compiled.act(obs), action, atol=1e-4)
+        obs, *_ = env.step(action)
+    assert len(compiled.plan_times) == 3
+    # Autograd rollouts (the gradient planner) stay eager; turning compilation off restores eager.
+    grad_agent = LeWMAgent.load(run_dir, device="cpu", planner="gradient", compile=True, iterations=2)
+    assert env.action_space.contains(grad_agent.act(env.reset(seed=1)[0]))
+    assert not compiled.model.compile_rollout(False).rollout_compiled

@@ -77,6 +77,7 @@ def evaluate(
     policies["LeWM"]["planning_time"] = timing_stats(agent.plan_times)
     policies["LeWM"]["planner"] = repr(agent.planner)
     policies["LeWM"]["precision"] = agent.precision
+    policies["LeWM"]["compiled"] = agent.model.rollout_compiled
     report = {"env_id": env_id, "mode": mode, "run_dir": str(run_dir), "protocol": protocol.to_dict(), "policies": policies}
     write_json(out / "results.json", report)
     (out / "results.md").write_text(markdown_table(report))

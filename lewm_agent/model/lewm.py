@@ -117,6 +117,7 @@ class LeWM(nn.Module):
         self.sigreg = SIGReg(c.sigreg_knots, c.sigreg_num_proj, c.sigreg_variant)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+        self._compiled_imagine = None  # see compile_rollout
 
     @classmethod
     def from_preset(cls, name: str, action_dim: int, action_block: int = 5, **overrides) -> "LeWM":
@@ -198,8 +199,30 @@ class LeWM(nn.Module):
         return self._rollout(emb_hist, act_hist, plans, precision)
 
     def rollout_with_grad(self, emb_hist, act_hist, plans, precision: str = "fp32"):
-        """:meth:`rollout` with autograd enabled (for gradient-based planners)."""
+        """:meth:`rollout` with autograd enabled (for gradient-based planners); never compiled."""
         return self._rollout(emb_hist, act_hist, plans, precision)
+
+    def compile_rollout(self, enabled: bool = True) -> "LeWM":
+        """Run :meth:`rollout` through ``torch.compile`` from now on (``enabled=False`` undoes it).
+
+        The rollout of a small predictor is a chain of a few hundred small ops; compiled, they fuse
+        into a few kernels and a CPU plan gets 1.5-3x faster (``benchmarks/plan_speed.py
+        --compile``). The price is paid at the first rollout of each new shape (history length,
+        batch, candidate count): about 40-60 s on two cores with torch's compile cache cold, a few
+        seconds once it is warm (it persists on disk between processes). Results match the eager
+        rollout to float rounding. Needs a C++ compiler on CPUs (inductor's code generator).
+        """
+        if enabled:
+            # Each shape compiles once, and dynamo's per-function limit (8, then silent eager) counts
+            # the shapes of every LeWM in the process together: 3 history lengths x 2 precisions x
+            # chunk shapes is already more for one model.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self._compiled_imagine = torch.compile(self._imagine, dynamic=False) if enabled else None
+        return self
+
+    @property
+    def rollout_compiled(self) -> bool:
+        return self._compiled_imagine is not None
 
     def _rollout(self, emb_hist, act_hist, plans, precision: str = "fp32") -> torch.Tensor:
         check_precision(precision)
@@ -209,10 +232,12 @@ class LeWM(nn.Module):
         hist = self.config.history
         emb_hist, act_hist = emb_hist[:, -hist:], act_hist[:, act_hist.shape[1] - min(h, hist) + 1 :]
         envs, cands = self._chunk_sizes(*plans.shape[:2], emb_hist.device)
+        compiled = self._compiled_imagine is not None and not torch.is_grad_enabled()
+        imagine = self._compiled_imagine if compiled else self._imagine
         rows = []
         with torch.autocast(emb_hist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             for e, a, p in zip(emb_hist.split(envs), act_hist.split(envs), plans.split(envs)):
-                rows.append(torch.cat([self._imagine(e, a, chunk).float() for chunk in p.split(cands, dim=1)], dim=1))
+                rows.append(torch.cat([imagine(e, a, chunk).float() for chunk in p.split(cands, dim=1)], dim=1))
         return torch.cat(rows)
 
     def _chunk_sizes(self, b: int, s: int, device: torch.device) -> tuple[int, int]:
