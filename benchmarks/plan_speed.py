@@ -10,14 +10,19 @@ distribution SIGReg pushes embeddings towards).
 
 A warm-up (two CEM iterations' rollouts) comes first, then the median (and min) of ``--repeats``
 timed plans. Predictor calls per plan count every call: the candidate passes (30 iterations x 5
-steps x the CPU chunks of candidates) and the small per-env passes over the shared history. Prints
-a Markdown table; runs on the CPU, and on CUDA too when available. ``--compare`` adds a table of how
-much bf16 plans differ from fp32 plans made with the same seeds. On a shared machine, compare rows
-taken under similar load (the header prints the load average) and try ``--threads 1``: two threads
-on two busy cores wait on each other at every op.
+steps x the CPU chunks of candidates) and the small per-env passes over the shared history.
+``--rollout eager compiled`` also times ``LeWM.compile_rollout()``; its warm-up column is the
+one-off compile (cold or warm cache: see torch's inductor cache). GFLOP/plan is counted by torch's
+FLOP counter on one eager iteration; next to the header's large-matmul rate it gives the floor a
+plan's time can reach on this machine at each precision. Prints a Markdown table; runs on
+the CPU, and on CUDA too when available. ``--compare`` adds a table of how much bf16 plans differ
+from fp32 plans made with the same seeds. On a shared machine, compare rows taken under similar load
+(the header prints the load average) and try ``--threads 1``: two threads on two busy cores wait on
+each other at every op.
 
     python benchmarks/plan_speed.py [--presets tiny small paper] [--batch 1 50] [--repeats 5]
-                                    [--precision fp32 bf16] [--threads N] [--compare]
+                                    [--precision fp32 bf16] [--rollout eager compiled]
+                                    [--set embed_dim=16] [--checkpoint RUN/model] [--threads N] [--compare]
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from lewm_agent.model import PRESETS, LeWM
 from lewm_agent.planning import CEM
@@ -38,15 +44,15 @@ ACTION_DIM = 2  # per env step; a block holds action_block (5) steps
 BIG_BATCH_PRESETS = ("tiny", "small")  # batches > 1 take minutes per plan with the paper preset on a CPU
 
 
-def build_model(preset: str, device: torch.device, checkpoint: str | None = None) -> LeWM:
-    """``preset`` in eval mode with random weights whose AdaLN modulations are not zero (or the
-    trained model in ``checkpoint``)."""
+def build_model(preset: str, device: torch.device, checkpoint: str | None = None, **overrides) -> LeWM:
+    """``preset`` (with ``overrides`` of its settings) in eval mode with random weights whose AdaLN
+    modulations are not zero (or the trained model in ``checkpoint``)."""
     if checkpoint:
         from lewm_agent.checkpoint import load_checkpoint
 
         return load_checkpoint(checkpoint, device)[0]
     torch.manual_seed(0)
-    model = LeWM.from_preset(preset, action_dim=ACTION_DIM)
+    model = LeWM.from_preset(preset, action_dim=ACTION_DIM, **overrides)
     for block in model.predictor.blocks:  # AdaLN-zero init makes every block the identity
         block.adaLN_modulation[1].reset_parameters()
     return model.to(device).eval()
@@ -84,20 +90,49 @@ class PlanProblem:
         self.calls += 1
 
 
+def plan_gflop(model: LeWM, batch: int) -> float:
+    """GFLOP of one plan's rollouts (torch's FLOP counter, matmuls and attention), counted on an
+    eager rollout: what a plan costs at any precision, and the floor it sets at a CPU's peak rate."""
+    planner = CEM()
+    problem = PlanProblem(model, batch, "fp32")
+    cands = torch.zeros(batch, planner.num_samples, HORIZON, model.config.action_block_dim,
+                        device=problem.goal.device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        problem.cost(cands)
+    return planner.iterations * counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 1024, repeats: int = 20) -> float:
+    """This device's rate on a large square matmul: about its peak, to set the GFLOP/s column against."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def time_plans(problem: PlanProblem, repeats: int) -> tuple[list[float], int]:
-    """Seconds of each of ``repeats`` timed plans after a warm-up, and predictor calls per plan."""
+def time_plans(problem: PlanProblem, repeats: int) -> tuple[list[float], float, int | None]:
+    """Seconds of each of ``repeats`` timed plans, seconds of the warm-up before them, and predictor
+    calls per plan (None for a compiled rollout, whose predictor calls are fused away)."""
     device = problem.goal.device
     # Warm-up: two CEM iterations' worth of rollouts (a plan repeats these shapes 30 times).
     warm = torch.randn(problem.batch, 300, HORIZON, problem.model.config.action_block_dim, device=device)
+    t0 = time.perf_counter()
     with torch.inference_mode():
         for _ in range(2):
             problem.cost(warm)
-    hook = problem.model.predictor.register_forward_hook(problem.count_calls)
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    compiled = getattr(problem.model, "rollout_compiled", False)
+    hook = None if compiled else problem.model.predictor.register_forward_hook(problem.count_calls)
     times = []
     for i in range(repeats):
         problem.calls = 0
@@ -106,8 +141,9 @@ def time_plans(problem: PlanProblem, repeats: int) -> tuple[list[float], int]:
         problem.plan(seed=i + 1)
         sync(device)
         times.append(time.perf_counter() - t0)
-    hook.remove()
-    return times, problem.calls
+    if hook is not None:
+        hook.remove()
+    return times, warm_s, None if compiled else problem.calls
 
 
 @torch.inference_mode()
@@ -148,11 +184,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"], choices=list(PRESETS))
     parser.add_argument("--checkpoint", default=None, help="time this trained checkpoint folder instead")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=INT",
+                        help="override preset settings, e.g. --set embed_dim=16 (the demo's model)")
     parser.add_argument("--batch", nargs="+", type=int, default=[1],
                         help=f"environments planned in one batch (B); B > 1 runs for {BIG_BATCH_PRESETS} "
                              "only on a CPU")
     parser.add_argument("--repeats", type=int, default=5, help="timed plans per row (after a warm-up)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--rollout", nargs="+", default=["eager"], choices=["eager", "compiled"],
+                        help="compiled: LeWM.compile_rollout() (torch.compile; compiles during the warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even when available")
     parser.add_argument("--compare", action="store_true", help="also compare bf16 plans with fp32 plans")
@@ -160,6 +200,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     presets = ["checkpoint"] if args.checkpoint else args.presets
+    overrides = {key: int(value) for key, _, value in (item.partition("=") for item in args.set)}
+    label = " ".join(args.set)
 
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:
@@ -167,20 +209,33 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, load average {load}"
           + (f", {torch.cuda.get_device_name()}" if len(devices) > 1 else ""))
+    for device in devices:
+        rates = ", ".join(f"{name} {matmul_gflops(device, dtype):,.0f}"
+                          for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)))
+        print(f"{device.type} matmul GFLOP/s (1024 x 1024 x 1024): {rates}")
     print()
-    print("| preset | device | batch | precision | s/plan (median) | s/plan (min) | predictor calls/plan |")
-    print("|---|---|---:|---|---:|---:|---:|")
+    print("| preset | device | batch | precision | rollout | s/plan (median) | s/plan (min) | warm-up s | "
+          "predictor calls/plan | GFLOP/plan | GFLOP/s |")
+    print("|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     comparisons = []
     for device in devices:
         for preset in presets:
-            model = build_model(preset, device, args.checkpoint)
+            model = build_model(preset, device, args.checkpoint, **overrides)
             for batch in args.batch:
                 if batch > 1 and device.type == "cpu" and preset not in BIG_BATCH_PRESETS + ("checkpoint",):
                     continue
-                for precision in args.precision:
-                    times, calls = time_plans(PlanProblem(model, batch, precision), args.repeats)
-                    print(f"| {preset} | {device.type} | {batch} | {precision} | {statistics.median(times):.3f} | "
-                          f"{min(times):.3f} | {calls} |", flush=True)
+                gflop = plan_gflop(model, batch)
+                for rollout in args.rollout:
+                    if args.rollout != ["eager"]:
+                        model.compile_rollout(rollout == "compiled")
+                    for precision in args.precision:
+                        times, warm_s, calls = time_plans(PlanProblem(model, batch, precision), args.repeats)
+                        print(f"| {preset} {label} | {device.type} | {batch} | {precision} | {rollout} | "
+                              f"{statistics.median(times):.3f} | {min(times):.3f} | {warm_s:.1f} | "
+                              f"{'-' if calls is None else calls} | {gflop:,.1f} | "
+                              f"{gflop / statistics.median(times):,.0f} |", flush=True)
+                if args.rollout != ["eager"]:
+                    model.compile_rollout(False)
                 if args.compare:
                     comparisons.append((preset, device.type, batch, compare_precisions(model, batch)))
     if comparisons:
