@@ -118,3 +118,14 @@ def test_sigreg_paper_variant_differs_by_n_scaling():
     assert off > 10 * paper > 0  # official statistic is multiplied by N = 128
     with pytest.raises(ValueError, match="official"):
         SIGReg(variant="nope")
+
+
+def test_a_failing_compile_names_the_fix():
+    import torch._inductor.config as inductor_config
+
+    model = LeWM.from_preset("tiny", action_dim=2, embed_dim=16, pred_depth=1).eval().compile_rollout()
+    args = torch.randn(1, 1, 16), torch.randn(1, 0, 10), torch.randn(1, 4, 5, 10)
+    with inductor_config.patch({"cpp.cxx": ("no-such-compiler",), "force_disable_caches": True}):
+        with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*compile_rollout\\(False\\)"):
+            model.rollout(*args)
+    assert model.compile_rollout(False).rollout(*args).shape == (1, 4, 5, 16)

@@ -237,7 +237,14 @@ class LeWM(nn.Module):
         rows = []
         with torch.autocast(emb_hist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             for e, a, p in zip(emb_hist.split(envs), act_hist.split(envs), plans.split(envs)):
-                rows.append(torch.cat([imagine(e, a, chunk).float() for chunk in p.split(cands, dim=1)], dim=1))
+                try:
+                    rows.append(torch.cat([imagine(e, a, chunk).float() for chunk in p.split(cands, dim=1)], dim=1))
+                except torch._dynamo.exc.BackendCompilerFailed as err:
+                    raise RuntimeError(
+                        f"compiling the rollout failed: {err}\nOn CPUs torch.compile needs a working C++ "
+                        "compiler (Debian/Ubuntu: apt install g++); or plan without it (drop --compile / "
+                        "compile=True, or call compile_rollout(False))"
+                    ) from err
         return torch.cat(rows)
 
     def _chunk_sizes(self, b: int, s: int, device: torch.device) -> tuple[int, int]:
