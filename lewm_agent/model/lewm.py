@@ -206,8 +206,8 @@ class LeWM(nn.Module):
         """Run :meth:`rollout` through ``torch.compile`` from now on (``enabled=False`` undoes it).
 
         The rollout of a small predictor is a chain of a few hundred small ops; compiled, they fuse
-        into a few kernels and a CPU plan gets 1.5-3x faster (``benchmarks/plan_speed.py
-        --compile``). The price is paid at the first rollout of each new shape (history length,
+        into a few kernels and a CPU plan gets 1.2-3x faster (``benchmarks/plan_speed.py --rollout
+        eager compiled``; the small presets gain most). The price is paid at the first rollout of each new shape (history length,
         batch, candidate count): about 40-60 s on two cores with torch's compile cache cold, a few
         seconds once it is warm (it persists on disk between processes). Results match the eager
         rollout to float rounding. Needs a C++ compiler on CPUs (inductor's code generator).
