@@ -66,6 +66,9 @@ def _eval(a) -> None:
         overrides["num_samples"] = a.samples
     if a.iterations is not None:
         overrides["iterations"] = a.iterations
+    if a.compile:
+        print("--compile: the first plan of each new shape compiles the rollout first (about a minute each "
+              "with torch's compile cache cold, seconds when warm)", flush=True)
     report = evaluate(
         a.run_dir, data=a.data, out=a.out, env_id=a.env,
         protocol=Protocol(episodes=a.episodes, goal_offset=a.goal_offset, budget=a.budget, seed=a.seed),

@@ -87,6 +87,7 @@ def test_demo_pipeline_end_to_end_at_tiny_size(tmp_path, capsys):
     out = tmp_path / "demo" / "eval"
     saved = json.loads((out / "results.json").read_text())
     assert saved["protocol"]["episodes"] == 3 and set(saved["policies"]) == {"LeWM", "random"}
+    assert saved["policies"]["LeWM"]["precision"] == "fp32" and saved["policies"]["LeWM"]["compiled"] is False
     assert (out / "results.md").read_text().startswith("Env `lewm/TwoRoom-v0`")
     assert (out / "plot.png").stat().st_size > 1000
     assert report["videos"] and all((tmp_path / "demo" / "eval").glob("episode_00.*"))
