@@ -36,6 +36,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lewm_agent.cli import _setting  # KEY=VALUE parsing, as `lewm train --set`
 from lewm_agent.model import PRESETS, LeWM
 from lewm_agent.planning import CEM
 
@@ -184,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"], choices=list(PRESETS))
     parser.add_argument("--checkpoint", default=None, help="time this trained checkpoint folder instead")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=INT",
+    parser.add_argument("--set", nargs="+", type=_setting, default=[], metavar="KEY=VALUE",
                         help="override preset settings, e.g. --set embed_dim=16 (the demo's model)")
     parser.add_argument("--batch", nargs="+", type=int, default=[1],
                         help=f"environments planned in one batch (B); B > 1 runs for {BIG_BATCH_PRESETS} "
@@ -200,8 +201,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     presets = ["checkpoint"] if args.checkpoint else args.presets
-    overrides = {key: int(value) for key, _, value in (item.partition("=") for item in args.set)}
-    label = " ".join(args.set)
+    overrides = dict(args.set)
+    suffix = "".join(f" {key}={value}" for key, value in args.set)
 
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:
@@ -230,7 +231,7 @@ def main() -> None:
                         model.compile_rollout(rollout == "compiled")
                     for precision in args.precision:
                         times, warm_s, calls = time_plans(PlanProblem(model, batch, precision), args.repeats)
-                        print(f"| {preset} {label} | {device.type} | {batch} | {precision} | {rollout} | "
+                        print(f"| {preset}{suffix} | {device.type} | {batch} | {precision} | {rollout} | "
                               f"{statistics.median(times):.3f} | {min(times):.3f} | {warm_s:.1f} | "
                               f"{'-' if calls is None else calls} | {gflop:,.1f} | "
                               f"{gflop / statistics.median(times):,.0f} |", flush=True)

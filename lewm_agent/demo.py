@@ -2,8 +2,9 @@
 
 collect expert data -> train the ``tiny`` LeWM (16-d latent) -> plan with MPPI and evaluate with the
 paper's protocol (50 held-out start/goal pairs, goal 25 steps ahead, 50-step budget, seed 42) beside
-the random floor -> write the table, a plot and videos. Every stage keeps its output in ``out``; running the command again after an
-interruption resumes where it stopped (collection appends, training resumes from its last epoch).
+the random floor -> write the table, a plot and videos. Every stage keeps its output in ``out``;
+running the command again after an interruption resumes where it stopped (collection appends,
+training resumes from its last epoch).
 """
 
 from __future__ import annotations

@@ -207,10 +207,11 @@ class LeWM(nn.Module):
 
         The rollout of a small predictor is a chain of a few hundred small ops; compiled, they fuse
         into a few kernels and a CPU plan gets 1.2-3x faster (``benchmarks/plan_speed.py --rollout
-        eager compiled``; the small presets gain most). The price is paid at the first rollout of each new shape (history length,
-        batch, candidate count): about 40-60 s on two cores with torch's compile cache cold, a few
-        seconds once it is warm (it persists on disk between processes). Results match the eager
-        rollout to float rounding. Needs a C++ compiler on CPUs (inductor's code generator).
+        eager compiled``; the small presets gain most). The price is paid at the first rollout of
+        each new shape (history length, batch, candidate count): about 40-60 s on two cores with
+        torch's compile cache cold, a few seconds once it is warm (it persists on disk between
+        processes). Results match the eager rollout to float rounding. Needs a C++ compiler on CPUs
+        (inductor's code generator).
         """
         if enabled:
             # Each shape compiles once, and dynamo's per-function limit (8, then silent eager) counts
@@ -235,16 +236,16 @@ class LeWM(nn.Module):
         compiled = self._compiled_imagine is not None and not torch.is_grad_enabled()
         imagine = self._compiled_imagine if compiled else self._imagine
         rows = []
-        with torch.autocast(emb_hist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            for e, a, p in zip(emb_hist.split(envs), act_hist.split(envs), plans.split(envs)):
-                try:
+        try:
+            with torch.autocast(emb_hist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                for e, a, p in zip(emb_hist.split(envs), act_hist.split(envs), plans.split(envs)):
                     rows.append(torch.cat([imagine(e, a, chunk).float() for chunk in p.split(cands, dim=1)], dim=1))
-                except torch._dynamo.exc.BackendCompilerFailed as err:
-                    raise RuntimeError(
-                        f"compiling the rollout failed: {err}\nOn CPUs torch.compile needs a working C++ "
-                        "compiler (Debian/Ubuntu: apt install g++); or plan without it (drop --compile / "
-                        "compile=True, or call compile_rollout(False))"
-                    ) from err
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            raise RuntimeError(
+                f"compiling the rollout failed: {err}\nOn CPUs torch.compile needs a working C++ compiler "
+                "(Debian/Ubuntu: apt install g++); or plan without it (drop --compile / compile=True, or call "
+                "compile_rollout(False))"
+            ) from err
         return torch.cat(rows)
 
     def _chunk_sizes(self, b: int, s: int, device: torch.device) -> tuple[int, int]:
