@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lewm_agent.checks import check_int
 from lewm_agent.data.store import EpisodeStore
 from lewm_agent.images import resize_images
 from lewm_agent.spaces import ActionCodec, ActionSpec
@@ -34,8 +35,7 @@ def split_episodes(
     window shares an episode with training. With ``val_fraction > 0`` and at least two episodes,
     validation gets at least one episode.
     """
-    if num_episodes < 1:
-        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    check_int("num_episodes", num_episodes)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n_val = round(num_episodes * val_fraction)
@@ -83,8 +83,7 @@ class SequenceDataset(Dataset):
         cache: bool | str = "auto",
     ) -> None:
         for name, value in (("num_steps", num_steps), ("frameskip", frameskip), ("image_size", image_size)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value)
         if cache not in (True, False, "auto"):
             raise ValueError(f"cache must be True, False or 'auto', got {cache!r}")
         self.store = data if isinstance(data, EpisodeStore) else EpisodeStore(data)

@@ -14,37 +14,16 @@ reproducible.
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from lewm_agent.checks import check_int
+
 CostFn = Callable[[Tensor], Tensor]
 """``cost_fn(candidates[B, S, horizon, action_dim]) -> costs[B, S]``, lower is better."""
-
-
-def check_int(name: str, value: object, minimum: int | None = 1) -> int:
-    """``value`` as an int, or a ValueError naming the setting."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)  # accepts numpy integers too
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def check_float(name: str, value: object, positive: bool = True) -> float:
-    """``value`` as a finite float (> 0 if ``positive``, else >= 0), or a ValueError naming the setting."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if value == float("inf") or (value <= 0 if positive else value < 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value}")
-    return float(value)
 
 
 @dataclass
@@ -92,6 +71,9 @@ class Planner:
     """
 
     name: str = ""
+    #: Planners over one-hot action blocks (discrete actions) take ``n_actions``; the others plan
+    #: continuous features.
+    discrete: bool = False
     #: Sampling planners run under ``torch.inference_mode``; the gradient planner needs autograd.
     needs_grad: bool = False
 

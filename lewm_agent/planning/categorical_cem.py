@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CostFn, Planner, Problem, check_float, check_int, evaluate, select_elites
+from lewm_agent.checks import check_float, check_int
+
+from .base import CostFn, Planner, Problem, evaluate, select_elites
 
 
 class CategoricalCEM(Planner):
@@ -36,6 +38,7 @@ class CategoricalCEM(Planner):
     """
 
     name = "categorical_cem"
+    discrete = True
 
     def __init__(
         self,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import CostFn, Planner, Problem, check_float, check_int, evaluate, select_elites
+from lewm_agent.checks import check_float, check_int
+
+from .base import CostFn, Planner, Problem, evaluate, select_elites
 
 
 class CEM(Planner):
