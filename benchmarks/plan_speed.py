@@ -36,7 +36,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lewm_agent.cli import _setting  # KEY=VALUE parsing, as `lewm train --set`
+from lewm_agent.cli import parse_setting  # KEY=VALUE parsing, as `lewm train --set`
 from lewm_agent.model import PRESETS, LeWM
 from lewm_agent.planning import CEM
 
@@ -49,9 +49,9 @@ def build_model(preset: str, device: torch.device, checkpoint: str | None = None
     """``preset`` (with ``overrides`` of its settings) in eval mode with random weights whose AdaLN
     modulations are not zero (or the trained model in ``checkpoint``)."""
     if checkpoint:
-        from lewm_agent.checkpoint import load_checkpoint
+        from lewm_agent.runs import Run
 
-        return load_checkpoint(checkpoint, device)[0]
+        return Run(checkpoint).load(device)[0]
     torch.manual_seed(0)
     model = LeWM.from_preset(preset, action_dim=ACTION_DIM, **overrides)
     for block in model.predictor.blocks:  # AdaLN-zero init makes every block the identity
@@ -185,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"], choices=list(PRESETS))
     parser.add_argument("--checkpoint", default=None, help="time this trained checkpoint folder instead")
-    parser.add_argument("--set", nargs="+", type=_setting, default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="+", type=parse_setting, default=[], metavar="KEY=VALUE",
                         help="override preset settings, e.g. --set embed_dim=16 (the demo's model)")
     parser.add_argument("--batch", nargs="+", type=int, default=[1],
                         help=f"environments planned in one batch (B); B > 1 runs for {BIG_BATCH_PRESETS} "

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lewm_agent.checkpoint import PLANNER_DEFAULTS, load_checkpoint
+from lewm_agent.config import PRECISIONS
 from lewm_agent.images import resize_images
 from lewm_agent.model import LeWM
 from lewm_agent.model.lewm import check_precision
-from lewm_agent.planning import Planner, make_planner
+from lewm_agent.planning import PLANNERS, Planner, make_planner
+from lewm_agent.runs import Run
 from lewm_agent.spaces import ActionCodec
 
 
@@ -68,7 +69,7 @@ class LeWMAgent:
         horizon: int = 5,
         receding_horizon: int = 5,
         device: str | torch.device = "cpu",
-        precision: str = "fp32",
+        precision: str = PRECISIONS[0],
         compile: bool = False,
     ):
         check_precision(precision)  # before any planning, not at the first rollout
@@ -97,31 +98,45 @@ class LeWMAgent:
 
     @classmethod
     def load(
-        cls, run_dir, device: str = "auto", planner: str | Planner | None = None, precision: str = "fp32",
+        cls, run_dir, device: str = "auto", planner: str | Planner | None = None, precision: str = PRECISIONS[0],
         compile: bool = False, **planner_overrides,
     ):
-        """Load a checkpoint folder written by ``lewm train``.
+        """Load a run folder written by ``lewm train`` or ``lewm import``.
 
         ``planner`` is a planner name (``cem``, ``mppi``, ``gradient``, ``categorical_cem``) or object;
-        by default the checkpoint's planner (CEM with the paper's settings, or categorical CEM for
+        by default the run's planner section, else CEM with the paper's settings (categorical CEM for
         discrete actions). ``planner_overrides`` adjust its settings (e.g. ``num_samples=100``) and
-        may also set ``horizon`` and ``receding_horizon``. ``precision``, ``compile``: see the class
-        docstring.
+        may also set ``horizon`` and ``receding_horizon`` (default: the run's agent section, else
+        this class's defaults). ``precision``, ``compile``: see the class docstring.
         """
-        model, codec, config = load_checkpoint(run_dir, device=device)
-        settings = {**PLANNER_DEFAULTS, **config.get("planner", {})}
-        horizon = planner_overrides.pop("horizon", settings.pop("horizon"))
-        receding = planner_overrides.pop("receding_horizon", settings.pop("receding_horizon"))
-        default_name = settings.pop("name")
-        if codec.spec.kind == "discrete":
-            default_name = "categorical_cem"
-            settings["n_actions"] = codec.spec.dim
+        model, codec, config = Run(run_dir).load(device=device)
+        agent_settings = {**config.get("agent", {})}
+        for key in ("horizon", "receding_horizon"):
+            if key in planner_overrides:
+                agent_settings[key] = planner_overrides.pop(key)
         if not isinstance(planner, Planner):
-            name = planner or default_name
-            kept = settings if name == default_name else ({"n_actions": codec.spec.dim} if "categorical" in name else {})
-            planner = make_planner(name, **{**kept, **planner_overrides})
+            planner = cls._make_planner(planner, config.get("planner") or {}, codec, planner_overrides)
         device = next(model.parameters()).device
-        return cls(model, codec, planner, horizon, receding, device, precision, compile)
+        return cls(model, codec, planner, device=device, precision=precision, compile=compile, **agent_settings)
+
+    @staticmethod
+    def _make_planner(name: str | None, stored: dict, codec: ActionCodec, overrides: dict) -> Planner:
+        """The named planner (default: the stored one, else the paper's CEM or, for discrete actions,
+        categorical CEM), with the stored arguments when it is the stored planner."""
+        discrete = codec.spec.kind == "discrete"
+        stored = dict(stored)
+        stored_name = stored.pop("name", None)
+        name = name or stored_name or ("categorical_cem" if discrete else "cem")
+        if name not in PLANNERS:
+            raise ValueError(f"unknown planner {name!r}; valid names: {sorted(PLANNERS)}")
+        if PLANNERS[name].discrete != discrete:
+            kinds = "discrete" if discrete else "continuous"
+            fits = sorted(k for k, c in PLANNERS.items() if c.discrete == discrete)
+            raise ValueError(f"planner {name!r} cannot plan {kinds} actions; use one of {fits}")
+        settings = stored if name == stored_name else {}
+        if discrete:
+            settings["n_actions"] = codec.spec.dim
+        return make_planner(name, **{**settings, **overrides})
 
     # -- episode bookkeeping ----------------------------------------------------------------------
 

@@ -1,13 +1,18 @@
-"""The ``lewm`` command: collect | train | info | eval | demo.
+"""The ``lewm`` command: collect | train | info | eval | import | demo.
 
-Each subcommand is a thin layer over one Python function, so everything here is also scriptable.
-Heavy imports happen inside the handlers so ``lewm --help`` is instant.
+Each subcommand is a thin layer over one Python function, so everything here is also scriptable. Its
+options are generated from the configuration dataclasses of :mod:`lewm_agent.config` (defaults and
+help text live there, once). Heavy imports happen inside the handlers so ``lewm --help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from lewm_agent.config import CollectConfig, EvalConfig, Protocol, TrainConfig
+from lewm_agent.demo import DemoConfig
+from lewm_agent.options import add_options, options_of
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -18,7 +23,7 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _setting(text: str) -> tuple[str, int | float | str]:
+def parse_setting(text: str) -> tuple[str, int | float | str]:
     """``KEY=VALUE`` for a LeWMConfig setting; the value is parsed as an int, a float or kept as text."""
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -34,56 +39,56 @@ def _setting(text: str) -> tuple[str, int | float | str]:
 def _collect(a) -> None:
     from lewm_agent.data.collector import collect
 
-    path = collect(
-        a.env_id, a.episodes, policy=a.policy, out=a.out, image_size=a.image_size, num_envs=a.num_envs,
-        seed=a.seed, shard=a.shard, max_episode_steps=a.max_episode_steps,
-    )
+    o = options_of(a, CollectConfig)
+    path = collect(o.pop("env_id"), o.pop("episodes"), shard=a.shard, **o)
     print(f"episodes in {path}")
 
 
 def _train(a) -> None:
-    from lewm_agent.train import TrainConfig, train
+    from lewm_agent.train import train
 
-    cfg = TrainConfig(
-        data=a.data, out=a.out, preset=a.preset, epochs=a.epochs, steps=a.steps, batch_size=a.batch_size,
-        lr=a.lr, sigreg_weight=a.sigreg_weight, frameskip=a.frameskip, history=a.history, seed=a.seed,
-        device=a.device, num_workers=a.num_workers, tensorboard=a.tensorboard, model_overrides=dict(a.set or []),
-    )
+    cfg = TrainConfig(**options_of(a, TrainConfig), model_overrides=dict(a.set or []))
     print(f"checkpoint in {train(cfg)}")
 
 
 def _info(a) -> None:
-    from lewm_agent.checkpoint import describe_checkpoint
+    from lewm_agent.runs import Run
 
-    print(describe_checkpoint(a.run_dir))
+    print(Run(a.run_dir).describe())
 
 
 def _eval(a) -> None:
-    from lewm_agent.evaluation import Protocol, evaluate
+    from lewm_agent.evaluation import evaluate, markdown_table
 
-    overrides = {"precision": a.precision, "compile": a.compile}
-    if a.samples is not None:
-        overrides["num_samples"] = a.samples
-    if a.iterations is not None:
-        overrides["iterations"] = a.iterations
-    if a.compile:
+    o = options_of(a, EvalConfig)
+    overrides = {"precision": o.pop("precision"), "compile": o.pop("compile")}
+    for option, setting in (("samples", "num_samples"), ("iterations", "iterations")):
+        if o[option] is not None:
+            overrides[setting] = o[option]
+        del o[option]
+    if overrides["compile"]:
         print("--compile: the first plan of each new shape compiles the rollout first (about a minute each "
               "with torch's compile cache cold, seconds when warm)", flush=True)
     report = evaluate(
-        a.run_dir, data=a.data, out=a.out, env_id=a.env,
-        protocol=Protocol(episodes=a.episodes, goal_offset=a.goal_offset, budget=a.budget, seed=a.seed),
-        device=a.device, planner=a.planner, videos=a.videos, baselines=tuple(a.baseline or ["random"]),
+        a.run_dir, data=o["data"], out=o["out"], env_id=o["env"], protocol=Protocol(**options_of(a, Protocol)),
+        device=o["device"], planner=o["planner"], videos=o["videos"], baselines=tuple(a.baseline or ["random"]),
         **overrides,
     )
-    from lewm_agent.evaluation import markdown_table
-
     print(markdown_table(report))
 
 
-def _demo(a) -> None:
-    from lewm_agent.demo import DemoConfig, run_demo
+def _import(a) -> None:
+    from lewm_agent.official import import_release
 
-    run_demo(DemoConfig(out=a.out, steps=a.steps, device=a.device, train_episodes=a.episodes, planner=a.planner))
+    run = import_release(a.source, a.data, a.out, config=a.config, env_id=a.env)
+    print(f"run folder {run}: use it with `lewm info {run}`, `lewm eval {run} --data HELDOUT.h5`, "
+          f"LeWMAgent.load({str(run)!r}) or `lewm train DATA --out {run}` (fine-tuning)")
+
+
+def _demo(a) -> None:
+    from lewm_agent.demo import run_demo
+
+    run_demo(DemoConfig(**options_of(a, DemoConfig)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,69 +96,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("collect", help="collect episodes of an env into an HDF5 episode store")
-    c.add_argument("env_id", help="e.g. lewm/TwoRoom-v0")
-    c.add_argument("--episodes", type=int, required=True)
-    c.add_argument("--policy", default="random", help="random | expert | expert:NOISE | sb3:PATH.zip")
-    c.add_argument("--out", required=True, help="HDF5 file (appends / resumes if it exists)")
-    c.add_argument("--image-size", type=int, default=64)
-    c.add_argument("--num-envs", type=int, default=1)
-    c.add_argument("--seed", type=int, default=0)
+    add_options(c, CollectConfig, positional=("env_id",))
     c.add_argument("--shard", type=_shard, default=None, help="I/N: collect every N-th episode from I")
-    c.add_argument("--max-episode-steps", type=int, default=None)
     c.set_defaults(fn=_collect)
 
     t = sub.add_parser("train", help="train a LeWM on an episode store (resumes an existing run folder)")
-    t.add_argument("data")
-    t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--preset", default="small", help="paper | small | tiny")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides --epochs)")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=5e-5)
-    t.add_argument("--lambda", dest="sigreg_weight", type=float, default=0.09, help="SIGReg weight")
-    t.add_argument("--frameskip", type=int, default=5)
-    t.add_argument("--history", type=int, default=3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--num-workers", type=int, default=None)
-    t.add_argument("--tensorboard", action="store_true")
-    t.add_argument("--set", type=_setting, action="append", metavar="KEY=VALUE",
+    add_options(t, TrainConfig, positional=("data",))
+    t.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
                    help="override a model setting of the preset, e.g. --set embed_dim=16 (repeatable)")
     t.set_defaults(fn=_train)
 
-    i = sub.add_parser("info", help="describe a checkpoint folder")
+    i = sub.add_parser("info", help="describe a run folder (and check that its weights load)")
     i.add_argument("run_dir")
     i.set_defaults(fn=_info)
 
     e = sub.add_parser("eval", help="goal-reaching evaluation (paper protocol) with the random floor")
     e.add_argument("run_dir")
-    e.add_argument("--data", default=None, help="held-out episode store (dataset protocol); omit for env goals")
-    e.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval)")
-    e.add_argument("--env", default=None, help="env id (default: the one the model was trained on)")
-    e.add_argument("--episodes", type=int, default=50)
-    e.add_argument("--goal-offset", type=int, default=25)
-    e.add_argument("--budget", type=int, default=50)
-    e.add_argument("--seed", type=int, default=42)
-    e.add_argument("--planner", default=None, help="cem | mppi | gradient | categorical_cem")
-    e.add_argument("--samples", type=int, default=None)
-    e.add_argument("--iterations", type=int, default=None)
-    e.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="rollout arithmetic while planning (bf16: faster on CPUs with native bf16 and on GPUs)")
-    e.add_argument("--compile", action="store_true",
-                   help="torch.compile the rollout: faster plans after a one-off compile (up to a minute) "
-                        "inside the first plans, which the mean and p95 plan times then include")
-    e.add_argument("--videos", type=int, default=4)
+    add_options(e, EvalConfig)
+    add_options(e, Protocol)
     e.add_argument("--baseline", action="append", default=None,
                    help="baseline policy run on the same episodes (repeatable): random (default), expert, sb3:PATH.zip")
-    e.add_argument("--device", default="auto")
     e.set_defaults(fn=_eval)
 
+    m = sub.add_parser("import", help="turn an official LeWM release (weights.pt + config.json) into a run folder")
+    m.add_argument("source", help="release folder holding weights.pt and config.json, or a weights.pt file")
+    m.add_argument("--data", required=True,
+                   help="episode store of the model's env (its action column fits the action normaliser)")
+    m.add_argument("--out", required=True, help="run folder to write (must not exist yet)")
+    m.add_argument("--config", default=None, help="config.json, when SOURCE is a bare weights.pt")
+    m.add_argument("--env", default=None, help="env id to record (default: the store's)")
+    m.set_defaults(fn=_import)
+
     d = sub.add_parser("demo", help="collect TwoRoom data, train a CPU-sized LeWM, evaluate it (about 10 min)")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--steps", type=int, default=2500)
-    d.add_argument("--episodes", type=int, default=1500, help="training episodes to collect")
-    d.add_argument("--planner", default="mppi", help="mppi (default) | cem (the paper's) | gradient")
-    d.add_argument("--device", default="auto")
+    add_options(d, DemoConfig)
     d.set_defaults(fn=_demo)
     return p
 

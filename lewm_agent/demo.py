@@ -13,16 +13,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lewm_agent.config import Protocol
+from lewm_agent.options import option
+
 ENV_ID = "lewm/TwoRoom-v0"
 
 
 @dataclass
 class DemoConfig:
-    out: str = "runs/demo"
+    out: str = option("runs/demo", "folder for the data, the model and the evaluation")
     # Heavy action noise (std 1.0 on [-1, 1] actions) on the scripted expert, like the official
     # "noisy heuristic" TwoRoom data: with clean expert actions the planner finds action sequences the
     # model never saw and mispredicts (planned cost below the true actions', goal missed).
-    train_episodes: int = 1500
+    train_episodes: int = option(1500, "training episodes to collect", flag="--episodes")
     eval_episodes: int = 150  # held-out episodes the 50 protocol start/goal pairs are drawn from
     policy: str = "expert:1.0"
     preset: str = "tiny"
@@ -31,25 +34,25 @@ class DemoConfig:
     # to the goal stops growing with the true distance. Success of CEM with 1,500-step models on the same
     # data and protocol: 18% at 64-d, 34% at 32, 50% at 16, 52% at 8, 42% at 4.
     model_overrides: dict = field(default_factory=lambda: {"embed_dim": 16})
-    steps: int = 2500
+    steps: int = option(2500, "optimizer steps")
     epochs: int = 4  # used only when steps is None
     batch_size: int = 64
     lr: float = 1e-3
     image_size: int = 64
     seed: int = 0
-    device: str = "auto"
-    eval_count: int = 50
+    device: str = option("auto", "auto (cuda, mps, cpu) or a torch device")
+    eval_count: int = Protocol.episodes
     progress: bool = True
     # MPPI instead of the paper's CEM: its sampling std stays at 1, so it keeps exploring where the
     # latent distance is flat; CEM's std shrinks onto the nearest basin. Same 1,500-step 16-d model,
     # same 50 episodes: MPPI 74%, CEM 50% (64-d model: 68% vs 18%). `planner="cem"` is the paper's.
-    planner: str = "mppi"
+    planner: str = option("mppi", "mppi | cem (the paper's) | gradient")
     planner_overrides: dict = field(default_factory=dict)  # e.g. {"num_samples": 100}; default: 300 x 30
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     from lewm_agent.data.collector import collect
-    from lewm_agent.evaluation import Protocol, evaluate
+    from lewm_agent.evaluation import evaluate
     from lewm_agent.train import TrainConfig, train
 
     out = Path(cfg.out)

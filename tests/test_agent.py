@@ -1,12 +1,12 @@
 import gymnasium as gym
+import lewm_envs  # noqa: F401
 import numpy as np
 import pytest
 import torch
 
-import lewm_envs  # noqa: F401
 from lewm_agent.agent import LeWMAgent
-from lewm_agent.checkpoint import save_checkpoint
 from lewm_agent.model import LeWM
+from lewm_agent.runs import Run
 from lewm_agent.spaces import ActionCodec, ActionSpec
 
 TINY = dict(enc_dim=32, enc_depth=1, enc_heads=2, enc_mlp_dim=64, embed_dim=16, proj_hidden=32, pred_depth=1,
@@ -23,7 +23,7 @@ def make_run(tmp_path, spec: ActionSpec, name="run"):
     raw = rng.integers(0, spec.dim, (100, 1)) if spec.kind == "discrete" else rng.uniform(-1, 1, (100, spec.dim))
     codec = ActionCodec.fit(spec, raw)
     run = tmp_path / name
-    save_checkpoint(run, model, codec, {"data": {"env_id": "lewm/TwoRoom-v0", "frameskip": 5, "image_size": 64}})
+    Run(run).save(model, codec, data={"env_id": "lewm/TwoRoom-v0", "frameskip": 5, "image_size": 64})
     return run
 
 

@@ -11,8 +11,8 @@ below 0.1 after 1,000 steps), while the Gaussian dot reaches R^2 0.99 within 120
 import numpy as np
 import torch
 
-from lewm_agent.checkpoint import load_checkpoint
 from lewm_agent.data.store import EpisodeWriter
+from lewm_agent.runs import Run
 from lewm_agent.train import TrainConfig, train
 
 SIZE, SIGMA, SPEED = 32, 3.0, 2.0
@@ -47,7 +47,7 @@ def test_linear_probe_recovers_position_without_collapse(tmp_path):
         model_overrides={"patch_size": 8, "enc_depth": 2, "embed_dim": 32, "proj_hidden": 128, "pred_depth": 2,
                          "sigreg_num_proj": 256},
     ))
-    model, _, _ = load_checkpoint(run, device="cpu")
+    model, _, _ = Run(run).load(device="cpu")
 
     held_out = list(moving_dot_episodes(20, 30, seed=1))
     fit_eps = list(moving_dot_episodes(40, 30, seed=2))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lewm_agent.checkpoint import CONFIG_FILE, WEIGHTS_FILE, describe_checkpoint, load_checkpoint
+from lewm_agent.runs import Run
 from lewm_agent.train import TrainConfig, Trainer, train
-from lewm_agent.train.trainer import METRIC_COLUMNS, METRICS_FILE, STATE_FILE, epoch_batches, lr_factor
+from lewm_agent.train.trainer import METRIC_COLUMNS, epoch_batches, lr_factor
 
 # A model small enough that an epoch of a few steps takes well under a second on a CPU.
 TINY = {"image_size": 16, "patch_size": 8, "enc_dim": 32, "enc_depth": 1, "enc_heads": 2, "enc_mlp_dim": 64,
@@ -59,23 +59,23 @@ def snapshot(folder):
 def test_run_folder_and_metrics(tmp_path):
     run = train(make_cfg(tmp_path))
     names = {p.name for p in run.iterdir()}
-    assert {CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE} <= names
-    with open(run / METRICS_FILE) as f:
+    assert {Run.CONFIG, Run.WEIGHTS, Run.TRAINER_STATE, Run.METRICS} <= names
+    with open(run / Run.METRICS) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == METRIC_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
     assert all(np.isfinite(float(r[k])) for r in rows for k in ("train_loss", "val_loss", "lr"))
-    _, codec, config = load_checkpoint(run, device="cpu")
+    _, codec, config = Run(run).load(device="cpu")
     assert config["train"]["epoch"] == 2 and config["data"]["frameskip"] == 2
     assert config["model"]["sigreg_weight"] == 0.09 and codec.spec.dim == 2
-    state = torch.load(run / STATE_FILE, weights_only=True)
+    state = torch.load(run / Run.TRAINER_STATE, weights_only=True)
     assert state["step"] == config["train"]["step"] == int(rows[-1]["step"])
-    assert "2 epochs" in describe_checkpoint(run)
+    assert "2 epochs" in Run(run).describe()
 
 
 def test_resume_after_interrupt_is_exact(tmp_path, monkeypatch):
     straight = train(make_cfg(tmp_path, out="straight"))
     cfg = make_cfg(tmp_path, out="resumed")
-    steps_per_epoch = json.loads((straight / CONFIG_FILE).read_text())["train"]["step"] // 2
+    steps_per_epoch = json.loads((straight / Run.CONFIG).read_text())["train"]["step"] // 2
 
     real_step = Trainer._train_step
 
@@ -87,15 +87,15 @@ def test_resume_after_interrupt_is_exact(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_train_step", interrupt_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
-    assert json.loads((tmp_path / "resumed" / CONFIG_FILE).read_text())["train"]["epoch"] == 1
+    assert json.loads((tmp_path / "resumed" / Run.CONFIG).read_text())["train"]["epoch"] == 1
     monkeypatch.setattr(Trainer, "_train_step", real_step)
     resumed = train(cfg)
 
-    a, _, _ = load_checkpoint(straight, device="cpu")
-    b, _, _ = load_checkpoint(resumed, device="cpu")
+    a, _, _ = Run(straight).load(device="cpu")
+    b, _, _ = Run(resumed).load(device="cpu")
     for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(v, w), k
-    with open(resumed / METRICS_FILE) as f:
+    with open(resumed / Run.METRICS) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
 
 
@@ -105,17 +105,17 @@ def test_more_epochs_continue_and_finished_run_is_left_alone(tmp_path):
     train(make_cfg(tmp_path, epochs=1))  # nothing left to do
     assert snapshot(run) == before
     train(make_cfg(tmp_path, epochs=2))
-    assert json.loads((run / CONFIG_FILE).read_text())["train"]["epoch"] == 2
+    assert json.loads((run / Run.CONFIG).read_text())["train"]["epoch"] == 2
 
 
 def test_steps_override_epochs_and_extend_mid_epoch(tmp_path):
     run = train(make_cfg(tmp_path, steps=3, epochs=50))
-    config = json.loads((run / CONFIG_FILE).read_text())
+    config = json.loads((run / Run.CONFIG).read_text())
     assert (config["train"]["step"], config["train"]["epoch"], config["train"]["epoch_step"]) == (3, 0, 3)
     train(make_cfg(tmp_path, steps=20, tensorboard=True))  # continues inside epoch 1
-    config = json.loads((run / CONFIG_FILE).read_text())
+    config = json.loads((run / Run.CONFIG).read_text())
     assert config["train"]["step"] == 20
-    with open(run / METRICS_FILE) as f:
+    with open(run / Run.METRICS) as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [3, 14, 20]
     assert any((run / "tensorboard").iterdir())
 
@@ -210,9 +210,9 @@ def test_torchrun_two_processes(tmp_path):
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = train(make_cfg(tmp_path, out="single"))
-    ddp = json.loads((tmp_path / "ddp" / CONFIG_FILE).read_text())["train"]
+    ddp = json.loads((tmp_path / "ddp" / Run.CONFIG).read_text())["train"]
     assert ddp["world_size"] == 2 and ddp["epoch"] == 2
-    assert ddp["step"] == json.loads((single / CONFIG_FILE).read_text())["train"]["step"]
+    assert ddp["step"] == json.loads((single / Run.CONFIG).read_text())["train"]["step"]
     assert np.isfinite(ddp["val_loss"]["loss"])
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if p.suffix == ".tmp") == []
 
@@ -240,14 +240,13 @@ def test_precise_bn_makes_eval_mode_match_train_mode():
 
 
 def test_cli_train_takes_model_settings(tmp_path, capsys):
-    from lewm_agent.checkpoint import read_config
     from lewm_agent.cli import main
 
     data = write_store(tmp_path / "data.h5")
     tiny = [f"--set={k}={v}" for k, v in TINY.items()]
     common = [data, "--preset", "tiny", "--steps", "2", "--batch-size", "8", "--frameskip", "2"]
     assert main(["train", *common, "--out", str(tmp_path / "run"), *tiny, "--set", "embed_dim=8"]) == 0
-    assert read_config(tmp_path / "run")["model"]["embed_dim"] == 8
+    assert Run(tmp_path / "run").read_config()["model"]["embed_dim"] == 8
 
     assert main(["train", *common, "--out", str(tmp_path / "bad"), "--set", "embed_size=8"]) == 2
     assert "unknown LeWMConfig settings ['embed_size']" in capsys.readouterr().err

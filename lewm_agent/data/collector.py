@@ -22,6 +22,8 @@ import numpy as np
 from gymnasium.envs.registration import load_env_creator
 from tqdm.auto import tqdm
 
+from lewm_agent.checks import check_int
+from lewm_agent.config import CollectConfig
 from lewm_agent.data.policies import Policy, make_policy
 from lewm_agent.data.store import EpisodeWriter, Schema
 from lewm_agent.images import resize_images
@@ -41,12 +43,6 @@ def shard_episodes(episodes: int, shard: tuple[int, int] | None) -> list[int]:
     """Global indices of the episodes that shard ``(i, n)`` collects: ``i, i + n, ...``."""
     i, n = shard or (0, 1)
     return list(range(i, episodes, n))
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _check_shard(shard: Any) -> tuple[int, int] | None:
@@ -129,13 +125,13 @@ class _Episode:
 def collect(
     env: str | Callable[[], gym.Env],
     episodes: int,
-    policy: str | Callable | Policy = "random",
+    policy: str | Callable | Policy = CollectConfig.policy,
     out: str | os.PathLike = "data.h5",
-    image_size: int = 64,
-    num_envs: int = 1,
-    seed: int = 0,
+    image_size: int = CollectConfig.image_size,
+    num_envs: int = CollectConfig.num_envs,
+    seed: int = CollectConfig.seed,
     shard: tuple[int, int] | None = None,
-    max_episode_steps: int | None = None,
+    max_episode_steps: int | None = CollectConfig.max_episode_steps,
     progress: bool = True,
 ) -> Path:
     """Collect ``episodes`` episodes of ``env`` with a behaviour policy into the store ``out``.
@@ -159,13 +155,12 @@ def collect(
     ``episode_idx``. Bad arguments, unknown ids and an existing ``out`` of another env or layout raise
     ValueError before anything is written.
     """
-    episodes = _positive_int("episodes", episodes)
-    image_size = _positive_int("image_size", image_size)
-    num_envs = _positive_int("num_envs", num_envs)
+    episodes = check_int("episodes", episodes)
+    image_size = check_int("image_size", image_size)
+    num_envs = check_int("num_envs", num_envs)
     if max_episode_steps is not None:
-        max_episode_steps = _positive_int("max_episode_steps", max_episode_steps)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        max_episode_steps = check_int("max_episode_steps", max_episode_steps)
+    check_int("seed", seed, minimum=0)
     todo = shard_episodes(episodes, _check_shard(shard))
     factory, env_id = _env_factory(env, image_size, max_episode_steps)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lewm_agent.config import EvalConfig
+
 from .protocol import (
     EpisodeSpec,
     Protocol,
@@ -23,9 +25,9 @@ def evaluate(
     out: str | Path | None = None,
     protocol: Protocol = Protocol(),
     env_id: str | None = None,
-    device: str = "auto",
+    device: str = EvalConfig.device,
     planner: str | None = None,
-    videos: int = 4,
+    videos: int = EvalConfig.videos,
     progress: bool = True,
     baselines: tuple[str, ...] = ("random",),
     **planner_overrides,
@@ -40,15 +42,16 @@ def evaluate(
     """
     from lewm_agent.agent import LeWMAgent
     from lewm_agent.baselines import PolicyAgent
-    from lewm_agent.checkpoint import read_config
     from lewm_agent.data.store import EpisodeStore
+    from lewm_agent.runs import Run
 
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)  # fails early, with a clear message, on a missing/bad run folder
+    run = Run(run_dir)
+    run_dir = run.path
+    config = run.read_config()  # fails early, with a clear message, on a missing/bad run folder
     env_id = env_id or config.get("data", {}).get("env_id")
     if not env_id:
         raise ValueError(f"{run_dir} does not record its env id: pass env_id (--env)")
-    out = Path(out) if out else run_dir / "eval"
+    out = Path(out) if out else run.file(Run.EVAL)
     if data is not None:
         with EpisodeStore(data) as store:  # closed at once: a later collection may append to it
             specs, mode = dataset_episodes(store, protocol), "dataset"
@@ -81,7 +84,7 @@ def evaluate(
     report = {"env_id": env_id, "mode": mode, "run_dir": str(run_dir), "protocol": protocol.to_dict(), "policies": policies}
     write_json(out / "results.json", report)
     (out / "results.md").write_text(markdown_table(report))
-    write_plot(out / "plot.png", report, run_dir / "metrics.csv")
+    write_plot(out / "plot.png", report, run.metrics())
     report["videos"] = [str(write_video(out / f"episode_{i:02d}", f)) for i, f in enumerate(recordings["LeWM"])]
     return report
 

@@ -12,32 +12,15 @@ planner can batch them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
+from lewm_agent.config import Protocol
 from lewm_agent.data.store import EpisodeStore
 from lewm_agent.images import resize_images
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Defaults are the paper's (v3) and the official code's for every environment."""
-
-    episodes: int = 50
-    goal_offset: int = 25
-    budget: int = 50
-    seed: int = 42
-
-    def __post_init__(self):
-        for name in ("episodes", "goal_offset", "budget"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Protocol.{name} must be >= 1, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

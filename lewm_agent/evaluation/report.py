@@ -36,14 +36,15 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plot(path: Path, results: dict, metrics_csv: Path | None = None) -> Path:
-    """Success rate per policy (and the training curves when a metrics.csv is given)."""
+def write_plot(path: Path, results: dict, metrics: list[dict] | None = None) -> Path:
+    """Success rate per policy, and the training curves when given the run's metrics rows
+    (:meth:`lewm_agent.runs.Run.metrics`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 2 if metrics_csv is not None and metrics_csv.exists() else 1
+    panels = 2 if metrics else 1
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
     names = list(results["policies"])
     rates = [results["policies"][n]["success_rate"] for n in names]
@@ -54,9 +55,7 @@ def write_plot(path: Path, results: dict, metrics_csv: Path | None = None) -> Pa
     ax.set_ylabel("success rate (%)")
     ax.set_title(f"{results['env_id']} ({results['protocol']['episodes']} episodes)")
     if panels == 2:
-        import csv
-
-        rows = list(csv.DictReader(metrics_csv.open()))
+        rows = metrics
         ax = axes[0, 1]
         steps = [int(r["step"]) for r in rows]
         for key in ("train_pred_loss", "val_pred_loss", "train_sigreg_loss"):

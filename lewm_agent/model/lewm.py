@@ -7,11 +7,12 @@ SIGReg on every frame's embedding, weighted by ``sigreg_weight`` (lambda = 0.09,
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+import torch.nn as nn
+
+from lewm_agent.config import PRECISIONS, PRESETS, LeWMConfig, config_from_dict, config_to_dict, preset_config
 
 from .predictor import ActionEmbedder, MLPProjector, Predictor
 from .sigreg import SIGReg
@@ -21,84 +22,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass
-class LeWMConfig:
-    """Every architectural and loss setting of a LeWM. ``action_dim`` is the width of one env step's
-    action features (one-hot width for discrete actions); the predictor sees blocks of
-    ``action_block`` (= frameskip) steps."""
-
-    action_dim: int
-    action_block: int = 5
-    image_size: int = 224
-    patch_size: int = 14
-    enc_dim: int = 192
-    enc_depth: int = 12
-    enc_heads: int = 3
-    enc_mlp_dim: int = 768
-    embed_dim: int = 192
-    proj_hidden: int = 2048
-    pred_depth: int = 6
-    pred_heads: int = 16
-    pred_dim_head: int = 64
-    pred_mlp_dim: int = 2048
-    dropout: float = 0.1
-    history: int = 3
-    action_smoothed_dim: int = 10
-    action_mlp_ratio: int = 4
-    sigreg_weight: float = 0.09
-    sigreg_knots: int = 17
-    sigreg_num_proj: int = 1024
-    sigreg_variant: str = "official"
-
-    def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.type == "int" and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"LeWMConfig.{f.name} must be a positive integer, got {v!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"LeWMConfig.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def action_block_dim(self) -> int:
-        return self.action_block * self.action_dim
-
-
-# The official architecture (ViT-Tiny/14 at 224 px, 18,034,478 parameters for 2-D actions, block 5).
-_PAPER = {}
-# 64-px presets for CPUs: `small` keeps the 192-d latent; `tiny` trains in minutes on two cores and
-# plans a full 300 x 30 CEM in a fraction of a second.
-_SMALL = dict(
-    image_size=64, patch_size=8, enc_depth=6, proj_hidden=1024,
-    pred_depth=4, pred_heads=8, pred_dim_head=32, pred_mlp_dim=768,
-)
-_TINY = dict(
-    image_size=64, patch_size=16, enc_dim=128, enc_depth=4, enc_heads=4, enc_mlp_dim=512,
-    embed_dim=64, proj_hidden=512, pred_depth=3, pred_heads=4, pred_dim_head=32, pred_mlp_dim=256,
-)
-PRESETS: dict[str, dict] = {"paper": _PAPER, "small": _SMALL, "tiny": _TINY}
-
 # Rollouts on a CPU go in chunks of candidates whose widest activation is about this big (see
 # LeWM._chunk_sizes): small enough to stay in the caches, big enough for efficient matmuls.
 ROLLOUT_CHUNK_BYTES = 6 << 20
-
-PRECISIONS = ("fp32", "bf16")  # rollout arithmetic, see LeWM.rollout
 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
-
-
-def preset_config(name: str, action_dim: int, action_block: int = 5, **overrides) -> LeWMConfig:
-    """The config of preset ``name`` for ``action_dim``-wide step actions, with ``overrides`` applied."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    known = {f.name for f in fields(LeWMConfig)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise ValueError(f"unknown LeWMConfig settings {bad}; valid settings: {sorted(known)}")
-    return LeWMConfig(action_dim=action_dim, action_block=action_block, **{**PRESETS[name], **overrides})
 
 
 class LeWM(nn.Module):
@@ -120,7 +52,8 @@ class LeWM(nn.Module):
         self._compiled_imagine = None  # see compile_rollout
 
     @classmethod
-    def from_preset(cls, name: str, action_dim: int, action_block: int = 5, **overrides) -> "LeWM":
+    def from_preset(cls, name: str, action_dim: int, action_block: int = LeWMConfig.action_block,
+                    **overrides) -> "LeWM":
         return cls(preset_config(name, action_dim, action_block, **overrides))
 
     def num_parameters(self) -> int:
@@ -181,7 +114,8 @@ class LeWM(nn.Module):
 
     @torch.no_grad()
     def rollout(
-        self, emb_hist: torch.Tensor, act_hist: torch.Tensor, plans: torch.Tensor, precision: str = "fp32"
+        self, emb_hist: torch.Tensor, act_hist: torch.Tensor, plans: torch.Tensor,
+        precision: str = PRECISIONS[0],
     ) -> torch.Tensor:
         """Autoregressive imagination from a real history under candidate plans.
 
@@ -198,7 +132,7 @@ class LeWM(nn.Module):
         """
         return self._rollout(emb_hist, act_hist, plans, precision)
 
-    def rollout_with_grad(self, emb_hist, act_hist, plans, precision: str = "fp32"):
+    def rollout_with_grad(self, emb_hist, act_hist, plans, precision: str = PRECISIONS[0]):
         """:meth:`rollout` with autograd enabled (for gradient-based planners); never compiled."""
         return self._rollout(emb_hist, act_hist, plans, precision)
 
@@ -225,7 +159,7 @@ class LeWM(nn.Module):
     def rollout_compiled(self) -> bool:
         return self._compiled_imagine is not None
 
-    def _rollout(self, emb_hist, act_hist, plans, precision: str = "fp32") -> torch.Tensor:
+    def _rollout(self, emb_hist, act_hist, plans, precision: str = PRECISIONS[0]) -> torch.Tensor:
         check_precision(precision)
         h = emb_hist.shape[1]
         if act_hist.shape[1] != h - 1:
@@ -293,18 +227,6 @@ class LeWM(nn.Module):
             out = self.predictor(frames[:, :, own], mods=[m[:, :, own] for m in plan_mods], past=past, last_only=True)
             frames = torch.cat([frames, self.pred_proj(out)], dim=2)
         return frames[:, :, 1:]
-
-
-def config_to_dict(config: LeWMConfig) -> dict:
-    return asdict(config)
-
-
-def config_from_dict(d: dict) -> LeWMConfig:
-    known = {f.name for f in fields(LeWMConfig)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"checkpoint config has settings this version does not know: {unknown}")
-    return LeWMConfig(**d)
 
 
 __all__ = ["LeWM", "LeWMConfig", "PRESETS", "preset_config", "config_to_dict", "config_from_dict"]

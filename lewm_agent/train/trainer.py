@@ -20,12 +20,10 @@ and ends with exactly the parameters of an uninterrupted run (on the same device
 Validation runs under a forked RNG with a fixed seed so it neither perturbs training nor varies
 between epochs.
 
-Files in the run folder: ``config.json`` + ``model.safetensors`` (the checkpoint, see
-:mod:`lewm_agent.checkpoint`), ``trainer_state.pt`` (optimizer, scheduler, epoch, step, RNG states),
-``metrics.csv`` (a row per epoch) and, optionally, ``tensorboard/``. ``trainer_state.pt`` is written
-with ``torch.save`` but holds only tensors, numbers, strings, lists and dicts and is read with
-``torch.load(weights_only=True)``, which refuses anything else, so resuming never executes code from
-the file.
+Files: every file of the run folder is read and written through :class:`lewm_agent.runs.Run`
+(checkpoint, ``trainer_state.pt`` with the optimizer, scheduler, step counters and RNG states,
+``metrics.csv``, ``tensorboard/``). Training a run made by ``lewm import`` fine-tunes it: the
+architecture and action normaliser come from the run, the schedule starts at step 0.
 
 Multi-GPU / multi-node: launch with ``torchrun``. ``batch_size`` is the *global* batch; each of the N
 processes gets ``batch_size / N`` windows. The global batch of each step is the same slice of the
@@ -36,15 +34,12 @@ The run folder must be visible to every node for resuming.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -52,78 +47,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lewm_agent.checkpoint import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    CheckpointError,
-    atomic_write,
-    read_config,
-    save_checkpoint,
-)
-from lewm_agent.model import PRESETS, LeWM, preset_config
+from lewm_agent.config import LeWMConfig, TrainConfig, config_from_dict, preset_config
+from lewm_agent.model import LeWM
+from lewm_agent.runs import Run
+from lewm_agent.spaces import ActionCodec
 from lewm_agent.train import distributed
 from lewm_agent.train.precise_bn import recompute_batchnorm
 from lewm_agent.utils import seed_everything
 
-STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.csv"
-TENSORBOARD_DIR = "tensorboard"
 LOSS_KEYS = ("loss", "pred_loss", "sigreg_loss")
 METRIC_COLUMNS = ["epoch", "step", *(f"train_{k}" for k in LOSS_KEYS), *(f"val_{k}" for k in LOSS_KEYS),
                   "lr", "seconds"]
-# Settings that change what a step computes; a run can only be resumed with the same values.
-# (epochs / steps may grow, device / workers / logging may change.)
-RESUME_KEYS = ("batch_size", "lr", "weight_decay", "warmup", "grad_clip", "seed", "split_seed", "val_fraction")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs. ``data`` is an episode store (HDF5); ``out`` the run folder."""
-
-    data: str
-    out: str
-    preset: str = "small"
-    epochs: int = 10
-    steps: int | None = None  # total optimizer steps; overrides ``epochs`` when set
-    batch_size: int = 128  # global batch (split across torchrun processes)
-    lr: float = 5e-5
-    weight_decay: float = 1e-3
-    warmup: float = 0.01  # < 1: fraction of the total steps; >= 1: steps
-    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
-    sigreg_weight: float = 0.09  # lambda
-    frameskip: int = 5
-    history: int = 3
-    image_size: int | None = None  # None: the preset's
-    val_fraction: float = 0.1
-    split_seed: int = 3072
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int | None = None  # None: 0 on CPU (the cores are busy training), 2 on accelerators
-    tensorboard: bool = False
-    progress: bool = True
-    # Batches over which BatchNorm statistics are re-estimated before each checkpoint; 0 keeps the
-    # official moving averages, which lag the weights at the high learning rates of short CPU runs.
-    precise_bn_batches: int = 20
-    model_overrides: dict = field(default_factory=dict)  # any LeWMConfig setting
-
-    def check(self) -> None:
-        """Raise ``ValueError`` naming the first impossible setting."""
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "frameskip": self.frameskip,
-                    "history": self.history, "steps": 1 if self.steps is None else self.steps,
-                    "image_size": 1 if self.image_size is None else self.image_size}
-        for name, v in positive.items():
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.precise_bn_batches, int) or self.precise_bn_batches < 0:
-            raise ValueError(f"TrainConfig.precise_bn_batches must be an integer >= 0, got {self.precise_bn_batches!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
-        for name in ("lr", "weight_decay", "warmup", "grad_clip", "sigreg_weight"):
-            if getattr(self, name) < 0 or (name == "lr" and self.lr == 0):
-                raise ValueError(f"TrainConfig.{name} must be {'> 0' if name == 'lr' else '>= 0'}, "
-                                 f"got {getattr(self, name)}")
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -198,8 +132,11 @@ class Trainer:
 
         cfg.check()
         self.cfg = cfg
-        self.run_dir = Path(cfg.out)
-        self.existing = self._existing_run()
+        self.run = Run(cfg.out)
+        self.run_dir = self.run.path
+        self.existing = self.run.resumable_config()
+        # A run made by `lewm import` keeps its architecture and action normaliser: training it fine-tunes.
+        self.imported = (self.existing or {}).get("train", {}).get("imported_from")
         self.world, self.device = distributed.setup(cfg.device)
         if cfg.batch_size % self.world.size:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.world.size} "
@@ -213,7 +150,8 @@ class Trainer:
         train_idx, val_idx = split_episodes(store.num_episodes, cfg.val_fraction, cfg.split_seed)
         num_steps = cfg.history + 1
         data_kw = {"num_steps": num_steps, "frameskip": cfg.frameskip, "image_size": self.model_config.image_size}
-        self.train_set = SequenceDataset(store, episodes=train_idx, **data_kw)
+        base_codec = ActionCodec.from_state_dict(self.existing["action_codec"]) if self.imported else None
+        self.train_set = SequenceDataset(store, episodes=train_idx, codec=base_codec, **data_kw)
         self.codec = self.train_set.codec
         # Validation is skipped rather than refused when no validation episode fits a window.
         val_fits = len(val_idx) and (store.ep_len[val_idx] >= num_steps * cfg.frameskip).any()
@@ -234,8 +172,10 @@ class Trainer:
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         warmup = cfg.warmup if cfg.warmup >= 1 else cfg.warmup * self.total_steps
         self.warmup_steps = int(warmup)
-        if self.existing is not None:
-            self._check_compatible(self.existing)
+        self.fine_tune_start = bool(self.imported) and not self.run.file(Run.TRAINER_STATE).exists()
+        if self.existing is not None and not self.fine_tune_start:
+            self.run.check_resume(self.existing, asdict(self.model_config), self._train_record(),
+                                  self.data_meta, self.codec.state_dict())
 
         seed_everything(cfg.seed)
         self.model = LeWM(self.model_config).to(self.device)
@@ -255,31 +195,27 @@ class Trainer:
 
     # -- checks before any work -------------------------------------------------------------------
 
-    def _existing_run(self) -> dict | None:
-        """The config of the run to resume in ``cfg.out``, or None for a new run. A folder that holds
-        anything else is refused rather than touched."""
-        d = self.run_dir
-        if not d.exists():
-            return None
-        if not d.is_dir():
-            raise FileExistsError(f"--out {d} is a file, not a folder; choose another --out")
-        names = {p.name for p in d.iterdir()}
-        if CONFIG_FILE not in names:
-            if names - {TENSORBOARD_DIR, METRICS_FILE}:  # leftovers of a run stopped in its first epoch are fine
-                raise FileExistsError(
-                    f"--out {d} already exists and holds files that are not a LeWM run "
-                    f"({', '.join(sorted(names)[:5])}); choose a new --out or empty the folder")
-            return None
-        config = read_config(d)
-        missing = [n for n in (WEIGHTS_FILE, STATE_FILE) if n not in names]
-        if missing:
-            raise FileExistsError(
-                f"--out {d} holds a checkpoint without {' and '.join(missing)}, so training cannot resume "
-                "from it; choose a new --out (the checkpoint itself can still be loaded by the agent)")
-        return config
+    def _train_record(self) -> dict:
+        """``asdict(cfg)`` as compared on resume; a fine-tuned import is recorded as its own preset."""
+        record = asdict(self.cfg)
+        if self.imported:
+            record["preset"] = self.existing.get("train", {}).get("config", {}).get("preset", "imported")
+        return record
 
-    def _model_config(self):
+    def _model_config(self) -> LeWMConfig:
         cfg = self.cfg
+        if self.imported:
+            model = config_from_dict(self.existing["model"])
+            if (model.action_block, model.history) != (cfg.frameskip, cfg.history):
+                raise ValueError(
+                    f"{self.run_dir} was imported with action blocks of {model.action_block} steps and a history "
+                    f"of {model.history}; fine-tune it with --frameskip {model.action_block} "
+                    f"--history {model.history}")
+            if model.action_dim != self.spec.feature_dim:
+                raise ValueError(
+                    f"{self.run_dir} was imported for {model.action_dim}-wide actions but {cfg.data} has "
+                    f"{self.spec.feature_dim}-wide ones; fine-tune it on data of the same env")
+            return model
         overrides = dict(cfg.model_overrides)
         feature_dim = self.spec.feature_dim
         if overrides.get("action_dim", feature_dim) != feature_dim:
@@ -296,28 +232,6 @@ class Trainer:
             overrides["image_size"] = cfg.image_size
         return preset_config(cfg.preset, feature_dim, cfg.frameskip, **overrides)
 
-    def _check_compatible(self, existing: dict) -> None:
-        """Refuse to resume a run with settings that would make it a different run."""
-        old_train = existing.get("train", {}).get("config", {})
-        new_model = json.loads(json.dumps(asdict(self.model_config)))
-        if old_train.get("preset") != self.cfg.preset:  # the model settings then differ too; name only the cause
-            problems = [f"preset {old_train.get('preset')!r} vs {self.cfg.preset!r}"]
-        else:
-            problems = [f"model {k}={v!r} vs {new_model.get(k)!r}" for k, v in existing["model"].items()
-                        if new_model.get(k) != v]
-        problems += [f"{k}={old_train.get(k)!r} vs {getattr(self.cfg, k)!r}" for k in RESUME_KEYS
-                     if old_train.get(k) != getattr(self.cfg, k)]
-        old_data = existing.get("data", {})
-        problems += [f"data {k}={old_data.get(k)!r} vs {self.data_meta[k]!r}"
-                     for k in ("env_id", "frameskip", "history", "image_size", "num_episodes")
-                     if old_data.get(k) != self.data_meta[k]]
-        if not problems and existing["action_codec"] != json.loads(json.dumps(self.codec.state_dict())):
-            problems.append("the action normaliser fitted on the data differs (different data file?)")
-        if problems:
-            raise ValueError(
-                f"--out {self.run_dir} holds a run with different settings (existing vs requested): "
-                + "; ".join(problems) + ". Resume with the same settings, or choose a new --out.")
-
     @staticmethod
     def _tensorboard_writer():
         try:
@@ -329,15 +243,10 @@ class Trainer:
         return SummaryWriter
 
     def _load_state(self) -> None:
-        state = torch.load(self.run_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        step = self.existing["train"]["step"]
-        if state["step"] != step:
-            raise CheckpointError(
-                f"{self.run_dir}: {STATE_FILE} is from step {state['step']} but {CONFIG_FILE} from step "
-                f"{step} (the process died while saving); resume is not possible, choose a new --out")
-        import safetensors.torch
-
-        self.model.load_state_dict(safetensors.torch.load_file(self.run_dir / WEIGHTS_FILE, device=str(self.device)))
+        self.run.load_weights(self.model, self.device)
+        if self.fine_tune_start:
+            return  # fine-tuning an import starts its own schedule at step 0
+        state = self.run.load_trainer_state(self.existing["train"]["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.epoch_step, self.step = state["epoch"], state["epoch_step"], state["step"]
@@ -351,7 +260,6 @@ class Trainer:
     def fit(self) -> Path:
         """Train until ``cfg.steps`` (or ``cfg.epochs``) are done; returns the run folder. On Ctrl-C the
         last complete checkpoint is left intact and the command to resume is printed."""
-        cfg = self.cfg
         try:
             if self.step >= self.total_steps:
                 self._say(f"{self.run_dir} is already trained for {self.step} steps ({self.epoch} epochs); "
@@ -359,9 +267,13 @@ class Trainer:
                 return self.run_dir
             if self.world.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                self._trim_metrics()
-            self.tb = self.writer_cls(self.run_dir / TENSORBOARD_DIR, purge_step=self.step) if self.writer_cls else None
-            self._say(f"training {cfg.preset} LeWM ({self.model.num_parameters():,} parameters) on "
+                self.run.trim_metrics(self.step, METRIC_COLUMNS)
+            tb_dir = self.run.file(Run.TENSORBOARD)
+            self.tb = self.writer_cls(tb_dir, purge_step=self.step) if self.writer_cls else None
+            if self.fine_tune_start:
+                self._say(f"fine-tuning the model imported from {self.imported}: its architecture and action "
+                          "normaliser come from the run folder (--preset and --set do not apply)")
+            self._say(f"training {self._train_record()['preset']} LeWM ({self.model.num_parameters():,} parameters) on "
                       f"{self.device} x {self.world.size}: {len(self.train_set)} windows, "
                       f"{self.steps_per_epoch} steps/epoch, steps {self.step} -> {self.total_steps}")
             while self.step < self.total_steps:
@@ -485,13 +397,15 @@ class Trainer:
                    **{f"train_{k}": v for k, v in train.items()},
                    **{f"val_{k}": (val or {}).get(k, "") for k in LOSS_KEYS}}
             meta = {"data": self.data_meta, "train": {
-                "config": asdict(self.cfg), "epoch": self.epoch, "epoch_step": self.epoch_step,
+                "config": self._train_record(), **({"imported_from": self.imported} if self.imported else {}),
+                "epoch": self.epoch, "epoch_step": self.epoch_step,
                 "step": self.step, "total_steps": self.total_steps, "world_size": self.world.size,
                 "seconds": self.seconds, "train_loss": train, "val_loss": val}}
             with _sigint_deferred():
-                self._append_metrics(row)
+                self.run.append_metrics(row, METRIC_COLUMNS)
                 self._save_state()
-                save_checkpoint(self.run_dir, self.model, self.codec, meta)
+                kept = self.existing or {}  # the agent and planner sections stay as they were
+                self.run.save(self.model, self.codec, **meta, agent=kept.get("agent"), planner=kept.get("planner"))
                 self._saved_step = self.step
             if val:
                 self._say(f"epoch {epoch}: step {self.step}, train loss {train['loss']:.4f}, "
@@ -504,33 +418,7 @@ class Trainer:
                  "rng_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write(self.run_dir / STATE_FILE, buf.getvalue())
-
-    def _append_metrics(self, row: dict) -> None:
-        path = self.run_dir / METRICS_FILE
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-    def _trim_metrics(self) -> None:
-        """Drop rows after the checkpoint being resumed (written by a run that died before saving)."""
-        path = self.run_dir / METRICS_FILE
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        keep = [r for r in rows if int(r["step"]) <= self.step]
-        if len(keep) != len(rows):
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
-            w.writeheader()
-            w.writerows(keep)
-            atomic_write(path, buf.getvalue().encode())
+        self.run.save_trainer_state(state)
 
     def _say(self, text: str) -> None:
         if self.world.is_main:

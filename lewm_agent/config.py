@@ -1,0 +1,199 @@
+"""Every configuration of the package, with its defaults, in one place (and no torch import, so the
+command line that is built from these fields starts instantly).
+
+- :class:`LeWMConfig` and the presets: the model (defaults: the official architecture).
+- :class:`TrainConfig`: a training run (defaults: the official recipe).
+- :class:`Protocol`: the goal-reaching evaluation (defaults: the paper's v3 protocol).
+- :class:`CollectConfig`, :class:`EvalConfig`: the defaults of ``collect`` and ``evaluate``.
+
+Each field is declared with :func:`lewm_agent.options.option`: its default and a one-line description
+that the ``lewm`` command shows in ``--help``. Nothing else types these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, fields
+
+from lewm_agent.checks import check_float, check_int
+from lewm_agent.options import option
+
+PRECISIONS = ("fp32", "bf16")  # rollout arithmetic while planning, see LeWM.rollout; the first is the default
+
+
+@dataclass
+class LeWMConfig:
+    """Every architectural and loss setting of a LeWM. ``action_dim`` is the width of one env step's
+    action features (one-hot width for discrete actions); the predictor sees blocks of
+    ``action_block`` (= frameskip) steps. Defaults: the official architecture."""
+
+    action_dim: int = option(MISSING, "features per env step (one-hot width for discrete actions)")
+    action_block: int = option(5, "env steps per model step (= frameskip)")
+    image_size: int = option(224, "frame side in pixels")
+    patch_size: int = option(14, "ViT patch side in pixels")
+    enc_dim: int = option(192, "ViT width")
+    enc_depth: int = option(12, "ViT layers")
+    enc_heads: int = option(3, "ViT attention heads")
+    enc_mlp_dim: int = option(768, "ViT MLP width")
+    embed_dim: int = option(192, "latent width D (projector output)")
+    proj_hidden: int = option(2048, "hidden width of the projector and of pred_proj")
+    pred_depth: int = option(6, "predictor layers")
+    pred_heads: int = option(16, "predictor attention heads")
+    pred_dim_head: int = option(64, "predictor width per head")
+    pred_mlp_dim: int = option(2048, "predictor MLP width")
+    dropout: float = option(0.1, "predictor dropout")
+    history: int = option(3, "frames the predictor sees")
+    action_smoothed_dim: int = option(10, "action Embedder: width after its kernel-1 Conv1d")
+    action_mlp_ratio: int = option(4, "action Embedder: MLP width as a multiple of embed_dim")
+    sigreg_weight: float = option(0.09, "SIGReg weight lambda")
+    sigreg_knots: int = option(17, "SIGReg integration knots")
+    sigreg_num_proj: int = option(1024, "SIGReg random directions per call")
+    sigreg_variant: str = option("official", "SIGReg quadrature: official ([0, 3], x N) or paper ([0.2, 4])")
+
+    def __post_init__(self):
+        for f in fields(self):
+            if f.type == "int":
+                setattr(self, f.name, check_int(f"LeWMConfig.{f.name}", getattr(self, f.name)))
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LeWMConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def action_block_dim(self) -> int:
+        return self.action_block * self.action_dim
+
+
+# The official architecture (ViT-Tiny/14 at 224 px, 18,034,478 parameters for 2-D actions, block 5).
+_PAPER = {}
+# 64-px presets for CPUs: `small` keeps the 192-d latent; `tiny` trains in minutes on two cores and
+# plans a full 300 x 30 CEM in a fraction of a second.
+_SMALL = dict(
+    image_size=64, patch_size=8, enc_depth=6, proj_hidden=1024,
+    pred_depth=4, pred_heads=8, pred_dim_head=32, pred_mlp_dim=768,
+)
+_TINY = dict(
+    image_size=64, patch_size=16, enc_dim=128, enc_depth=4, enc_heads=4, enc_mlp_dim=512,
+    embed_dim=64, proj_hidden=512, pred_depth=3, pred_heads=4, pred_dim_head=32, pred_mlp_dim=256,
+)
+PRESETS: dict[str, dict] = {"paper": _PAPER, "small": _SMALL, "tiny": _TINY}
+
+
+def preset_config(name: str, action_dim: int, action_block: int = LeWMConfig.action_block,
+                  **overrides) -> LeWMConfig:
+    """The config of preset ``name`` for ``action_dim``-wide step actions, with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    known = {f.name for f in fields(LeWMConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"unknown LeWMConfig settings {bad}; valid settings: {sorted(known)}")
+    return LeWMConfig(action_dim=action_dim, action_block=action_block, **{**PRESETS[name], **overrides})
+
+
+def config_to_dict(config: LeWMConfig) -> dict:
+    return asdict(config)
+
+
+def config_from_dict(d: dict) -> LeWMConfig:
+    known = {f.name for f in fields(LeWMConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"checkpoint config has settings this version does not know: {unknown}")
+    return LeWMConfig(**d)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. ``data`` is an episode store (HDF5); ``out`` the run folder.
+    Defaults: the official recipe; the model's own settings default to :class:`LeWMConfig`'s."""
+
+    data: str = option(MISSING, "episode store (HDF5) to train on")
+    out: str = option(MISSING, "run folder (resumes the run it holds)")
+    preset: str = option("small", f"model preset: {' | '.join(PRESETS)}")
+    epochs: int = option(10, "passes over the training windows (unless --steps is set)")
+    steps: int | None = option(None, "total optimizer steps (overrides --epochs)")
+    batch_size: int = option(128, "global batch (split across torchrun processes)")
+    lr: float = option(5e-5, "AdamW learning rate")
+    weight_decay: float = option(1e-3, "AdamW weight decay")
+    warmup: float = option(0.01, "linear warm-up: a fraction of the steps when < 1, else steps")
+    grad_clip: float = option(1.0, "max gradient norm (0 disables clipping)")
+    sigreg_weight: float = option(LeWMConfig.sigreg_weight, "SIGReg weight lambda", flag="--lambda")
+    frameskip: int = option(LeWMConfig.action_block, "env steps per model step (= the action block)")
+    history: int = option(LeWMConfig.history, "frames the predictor sees")
+    image_size: int | None = option(None, "frame side in pixels (default: the preset's)")
+    val_fraction: float = option(0.1, "share of episodes held out for validation")
+    split_seed: int = option(3072, "seed of the train/validation episode split")
+    seed: int = option(0, "seed of initialisation, data order, dropout and SIGReg directions")
+    device: str = option("auto", "auto (cuda, mps, cpu) or a torch device")
+    num_workers: int | None = option(None, "DataLoader workers (default: 0 on CPU, 2 on accelerators)")
+    tensorboard: bool = option(False, "also log to RUN/tensorboard")
+    progress: bool = option(True, "show progress bars", cli=False)
+    # Precise BN (see lewm_agent.train.precise_bn): the official moving averages lag the weights at
+    # the high learning rates of short CPU runs.
+    precise_bn_batches: int = option(20, "batches over which BatchNorm statistics are re-estimated before "
+                                         "each checkpoint (0: the official moving averages)")
+    model_overrides: dict = option({}, "any LeWMConfig setting of the preset", cli=False)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first impossible setting."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        for name in ("epochs", "batch_size", "frameskip", "history", "steps", "image_size"):
+            if getattr(self, name) is not None or name not in ("steps", "image_size"):
+                check_int(f"TrainConfig.{name}", getattr(self, name))
+        check_int("TrainConfig.precise_bn_batches", self.precise_bn_batches, minimum=0)
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_float("TrainConfig.lr", self.lr)
+        for name in ("weight_decay", "warmup", "grad_clip", "sigreg_weight"):
+            check_float(f"TrainConfig.{name}", getattr(self, name), positive=False)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The goal-reaching evaluation. Defaults: the paper's (v3) and the official code's, every env."""
+
+    episodes: int = option(50, "evaluation episodes (start/goal pairs)")
+    goal_offset: int = option(25, "dataset goals: the stored frame this many steps after the start")
+    budget: int = option(50, "env steps each episode gets to reach its goal")
+    seed: int = option(42, "seed of the start/goal draw and of the planners")
+
+    def __post_init__(self):
+        for name in ("episodes", "goal_offset", "budget"):
+            check_int(f"Protocol.{name}", getattr(self, name))
+        check_int("Protocol.seed", self.seed, minimum=0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CollectConfig:
+    """Collecting episodes into a store; :func:`lewm_agent.data.collector.collect` takes these
+    settings as arguments and defaults to these values."""
+
+    env_id: str = option(MISSING, "env id, e.g. lewm/TwoRoom-v0")
+    episodes: int = option(MISSING, "episodes to collect (over all shards)")
+    out: str = option(MISSING, "HDF5 file (appends / resumes if it exists)")
+    policy: str = option("random", "behaviour policy: random | expert | expert:NOISE | sb3:PATH.zip")
+    image_size: int = option(64, "side of the stored square frames in pixels")
+    num_envs: int = option(1, "parallel envs (subprocesses when > 1)")
+    seed: int = option(0, "base seed; episode g uses seeds derived from (seed, g)")
+    max_episode_steps: int | None = option(None, "time limit (default: the env's registered one)")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluating a run; :func:`lewm_agent.evaluation.evaluate` defaults to these values (the protocol
+    itself is :class:`Protocol`)."""
+
+    data: str | None = option(None, "held-out episode store (dataset protocol); omit for env goals")
+    out: str | None = option(None, "output folder (default RUN/eval)")
+    env: str | None = option(None, "env id (default: the one the model was trained on)")
+    planner: str | None = option(None, "cem | mppi | gradient | categorical_cem (default: the run's)")
+    samples: int | None = option(None, "planner samples per iteration (default: the planner's)")
+    iterations: int | None = option(None, "planner iterations (default: the planner's)")
+    precision: str = option(PRECISIONS[0], "rollout arithmetic while planning (bf16: faster on CPUs with "
+                                           "native bf16 and on GPUs)", choices=PRECISIONS)
+    compile: bool = option(False, "torch.compile the rollout: faster plans after a one-off compile (up to a "
+                                  "minute) inside the first plans, which the mean and p95 plan times include")
+    videos: int = option(4, "episodes recorded as videos")
+    device: str = option("auto", "auto (cuda, mps, cpu) or a torch device")

@@ -1,0 +1,67 @@
+"""The command line is generated from the configuration dataclasses: every default is declared once."""
+
+import argparse
+import dataclasses
+import inspect
+
+import pytest
+
+from lewm_agent.cli import build_parser
+from lewm_agent.config import CollectConfig, EvalConfig, LeWMConfig, Protocol, TrainConfig, preset_config
+from lewm_agent.demo import DemoConfig
+
+COMMANDS = {"collect": [CollectConfig], "train": [TrainConfig], "eval": [EvalConfig, Protocol], "demo": [DemoConfig]}
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_cli_defaults_are_the_dataclass_defaults(command):
+    actions = {a.dest: a for a in _subparser(command)._actions}
+    for cls in COMMANDS[command]:
+        for f in dataclasses.fields(cls):
+            if "help" not in f.metadata or not f.metadata.get("cli", True):
+                continue
+            action = actions[f.name]  # every described field is on the command line
+            default = None if f.default is dataclasses.MISSING else f.default
+            assert action.default == default, (command, f.name)
+            assert f.metadata["help"] in action.help
+
+
+def test_functions_default_to_their_configs():
+    from lewm_agent.agent import LeWMAgent
+    from lewm_agent.data.collector import collect
+    from lewm_agent.evaluation import evaluate
+
+    params = inspect.signature(collect).parameters
+    for name in ("policy", "image_size", "num_envs", "seed", "max_episode_steps"):
+        assert params[name].default == getattr(CollectConfig, name), name
+    params = inspect.signature(evaluate).parameters
+    assert params["videos"].default == EvalConfig.videos and params["protocol"].default == Protocol()
+    assert inspect.signature(LeWMAgent.load).parameters["precision"].default == EvalConfig.precision
+    cfg = TrainConfig(data="d.h5", out="run")
+    assert (cfg.sigreg_weight, cfg.history, cfg.frameskip) == (
+        LeWMConfig.sigreg_weight, LeWMConfig.history, LeWMConfig.action_block)
+    assert preset_config("paper", 2).action_block == LeWMConfig.action_block
+
+
+def test_paper_planner_defaults_live_in_the_planner():
+    from lewm_agent.planning import make_planner
+
+    cem = make_planner("cem")
+    assert (cem.num_samples, cem.iterations, cem.topk) == (300, 30, 30)  # the paper's CEM
+
+
+def test_cli_option_types_and_errors(capsys):
+    args = build_parser().parse_args(["train", "d.h5", "--out", "r", "--lambda", "0.5", "--no-tensorboard",
+                                      "--steps", "7"])
+    assert (args.sigreg_weight, args.tensorboard, args.steps, args.data) == (0.5, False, 7, "d.h5")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "d.h5"])  # --out is required
+    assert "--out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "run", "--precision", "fp8"])
+    assert "invalid choice" in capsys.readouterr().err
