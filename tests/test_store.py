@@ -220,6 +220,38 @@ def test_reader_errors_name_the_problem(tmp_path):
             EpisodeStore(path)
 
 
+def _rewrite(path, column, data):
+    with h5py.File(path, "a") as f:
+        del f[column]
+        f[column] = data
+
+
+@pytest.mark.parametrize("ep_len, ep_offset, match", [
+    ([6, 20], [0, 6], r"covers 26 rows but the column\(s\) .*'pixels': 15"),  # index longer than the data
+    ([6, 9], [0, 3], "episode 1 has ep_len 9 and ep_offset 3 .*overlapping"),
+    ([6, 0], [0, 6], "episode 1 has ep_len 0 .*empty or negative"),
+])
+def test_episode_index_that_disagrees_with_the_columns_is_reported(tmp_path, ep_len, ep_offset, match):
+    path = tmp_path / "bad_index.h5"
+    write_official(path)
+    _rewrite(path, "ep_len", np.array(ep_len, np.int32))
+    _rewrite(path, "ep_offset", np.array(ep_offset, np.int64))
+    with pytest.raises(ValueError, match=match):
+        EpisodeStore(path)
+
+
+@pytest.mark.parametrize("pixels, match", [
+    (np.zeros((15, 8, 8, 3), np.float32), "float32 frames .*convert them to uint8"),
+    (np.zeros((15, 3, 8, 8), np.uint8), r"shape \(3, 8, 8\).*height x width x 3"),
+])
+def test_pixels_that_are_not_uint8_hwc_are_reported(tmp_path, pixels, match):
+    path = tmp_path / "bad_pixels.h5"
+    write_official(path)
+    _rewrite(path, "pixels", pixels)
+    with pytest.raises(ValueError, match=match):
+        EpisodeStore(path)
+
+
 WRITER_SCRIPT = textwrap.dedent(
     """
     import sys

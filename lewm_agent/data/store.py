@@ -355,11 +355,22 @@ class EpisodeStore:
             )
         self.ep_len, self.ep_offset = _indexed(f)
         self.schema: Schema = _schema_of(f)
+        self._check_index()
         rows = int((self.ep_offset + self.ep_len).max()) if len(self.ep_len) else 0
         short = {k: len(f[k]) for k in self.schema if len(f[k]) < rows}
         if short:
             raise ValueError(
-                f"{self.path} is corrupt: columns {short} are shorter than the {rows} rows its index covers"
+                f"{self.path}: its episode index (ep_len / ep_offset) covers {rows} rows but the column(s) "
+                f"{short} are shorter; the index does not belong to these columns. Rebuild ep_len / ep_offset "
+                "from the episodes the columns hold, or re-collect the file"
+            )
+        shape, dtype = self.schema["pixels"]
+        if dtype != np.uint8 or len(shape) != 3 or shape[-1] != 3:
+            hint = ("convert them to uint8 (e.g. (x * 255).round().astype(np.uint8))" if dtype != np.uint8
+                    else "store frames as height x width x 3 (e.g. x.transpose(0, 2, 3, 1) for N,3,H,W)")
+            raise ValueError(
+                f"{self.path}: 'pixels' holds {dtype} frames of shape {shape}; an episode store holds RGB "
+                f"frames as uint8 (H, W, 3): {hint}"
             )
         for name in self.schema:
             _check_filters(f[name], self.path)
@@ -368,6 +379,20 @@ class EpisodeStore:
         # Official files carry no action_space attribute; their actions are continuous.
         self.action_spec = ActionSpec.from_json(spec_json) if spec_json else ActionSpec("continuous", width)
         self.env_id = _attr_str(f.attrs, "env_id")
+
+    def _check_index(self) -> None:
+        """Episodes have at least one row, start at non-negative rows and do not overlap."""
+        lens, offs = self.ep_len, self.ep_offset
+        bad = np.flatnonzero((lens < 1) | (offs < 0))
+        order = np.argsort(offs, kind="stable")
+        overlap = np.flatnonzero(offs[order][1:] < (offs + lens)[order][:-1])
+        if len(bad) or len(overlap):
+            i = int(bad[0]) if len(bad) else int(order[overlap[0] + 1])
+            raise ValueError(
+                f"{self.path}: its episode index is inconsistent: episode {i} has ep_len {int(lens[i])} and "
+                f"ep_offset {int(offs[i])} ({'an empty or negative range' if len(bad) else 'overlapping another'}"
+                "); ep_offset must be the running sum of ep_len. Rebuild the index or re-collect the file"
+            )
 
     def _handle(self) -> h5py.File:
         # A handle opened before a fork must not be used in the child (DataLoader workers).
