@@ -7,7 +7,7 @@ that reads and writes them.
       trainer_state.pt     optimizer, scheduler, step counters and RNG states (resuming only)
       metrics.csv          one row per epoch
       tensorboard/         optional event files
-      eval/                what `lewm eval` writes by default
+      eval/ probe/ surprise/   what `lewm eval`, `lewm probe` and `lewm surprise` write by default
 
 ``config.json`` (format 2)::
 
@@ -113,7 +113,9 @@ class Run:
     TRAINER_STATE = "trainer_state.pt"
     METRICS = "metrics.csv"
     TENSORBOARD = "tensorboard"
-    EVAL = "eval"
+    EVAL = "eval"  # `lewm eval` output
+    PROBE = "probe"  # `lewm probe` output
+    SURPRISE = "surprise"  # `lewm surprise` output
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -310,7 +312,14 @@ class Run:
     # -- metrics ------------------------------------------------------------------------------------
 
     def append_metrics(self, row: dict, columns: list[str]) -> None:
+        """Append ``row``; a file written with other columns (an older version) is rewritten with
+        these, its old rows keeping their values and leaving new columns empty."""
         path = self.file(self.METRICS)
+        if path.exists():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            if header != columns:
+                self._write_metrics(self.metrics(), columns)
         new = not path.exists()
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=columns)
@@ -331,11 +340,14 @@ class Run:
         rows = self.metrics()
         keep = [r for r in rows if int(r["step"]) <= step]
         if len(keep) != len(rows):
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=columns)
-            w.writeheader()
-            w.writerows(keep)
-            atomic_write(self.file(self.METRICS), buf.getvalue().encode())
+            self._write_metrics(keep, columns)
+
+    def _write_metrics(self, rows: list[dict], columns: list[str]) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(self.file(self.METRICS), buf.getvalue().encode())
 
     # -- people ---------------------------------------------------------------------------------------
 
@@ -367,7 +379,8 @@ class Run:
         if "step" in train:
             val = train.get("val_loss")
             val_text = "no validation set" if not val else (
-                f"last val loss {val['loss']:.4f} (pred {val['pred_loss']:.4f}, sigreg {val['sigreg_loss']:.4f})")
+                f"last val loss {val['loss']:.4f} (pred {val['pred_loss']:.4f}, sigreg {val['sigreg_loss']:.4f})"
+                + (f", straightness {val['straightness']:.3f}" if "straightness" in val else ""))
             lines.append(f"  training:   {train.get('epoch', 0)} epochs, {train.get('step', 0)} steps, {val_text}")
         agent, planner = config.get("agent"), config.get("planner")
         lines.append("  agent:      " + (", ".join(f"{k}={v}" for k, v in agent.items()) if agent else "defaults"))

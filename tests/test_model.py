@@ -22,7 +22,7 @@ def test_shapes(name):
     assert emb.shape == (4, c.history + 1, c.embed_dim)
     assert model.predict(emb[:, :3], actions[:, :3]).shape == (4, 3, c.embed_dim)
     losses = model.loss({"pixels": pixels, "action": actions})
-    assert set(losses) == {"loss", "pred_loss", "sigreg_loss"}
+    assert set(losses) == {"loss", "pred_loss", "sigreg_loss", "straightness"}
     losses["loss"].backward()
     assert all(p.grad is not None for p in model.encoder.parameters())
     model.eval()

@@ -139,3 +139,12 @@ def test_metrics_append_read_and_trim(tmp_path):
         run.append_metrics({"epoch": epoch, "step": 10 * epoch, "loss": 1 / epoch}, columns)
     run.trim_metrics(20, columns)
     assert [r["step"] for r in run.metrics()] == ["10", "20"]
+
+
+def test_metrics_of_an_older_version_gain_the_new_columns(tmp_path):
+    run = Run(tmp_path)
+    run.append_metrics({"epoch": 1, "step": 10, "loss": 0.5}, ["epoch", "step", "loss"])
+    run.append_metrics({"epoch": 2, "step": 20, "loss": 0.4, "straightness": 0.1},
+                       ["epoch", "step", "loss", "straightness"])
+    rows = run.metrics()
+    assert [r["straightness"] for r in rows] == ["", "0.1"] and rows[0]["loss"] == "0.5"

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lewm_agent.config import PRECISIONS, PRESETS, LeWMConfig, config_from_dict, config_to_dict, preset_config
 
 from .predictor import ActionEmbedder, MLPProjector, Predictor
 from .sigreg import SIGReg
+from .straightness import straightness_terms
 from .vit import ViTEncoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,11 +64,16 @@ class LeWM(nn.Module):
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Frames ``[B, T, 3, S, S]`` (uint8, or float in [0, 1]) -> embeddings ``[B, T, D]``."""
+        cls = self.encode_cls(pixels)
+        return self.projector(cls.flatten(0, 1)).view(*cls.shape[:2], -1)
+
+    def encode_cls(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frames ``[B, T, 3, S, S]`` -> the ViT's CLS features ``[B, T, enc_dim]`` (before the projector)."""
         b, t = pixels.shape[:2]
         x = pixels.flatten(0, 1).to(self.pixel_mean.device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         x = (x - self.pixel_mean) / self.pixel_std
-        return self.projector(self.encoder(x)).view(b, t, -1)
+        return self.encoder(x).view(b, t, -1)
 
     def encode_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Action blocks ``[..., T, A]`` -> action embeddings ``[..., T, D]``."""
@@ -89,7 +95,8 @@ class LeWM(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``batch["pixels"] [B, T, 3, S, S]``, ``batch["action"] [B, T, A]`` with T = history + 1.
 
-        pred_loss is the MSE between the predictions from frames 0..T-2 and the embeddings of frames
+        straightness (not part of the loss) is the mean cosine between consecutive latent velocities
+        (:mod:`lewm_agent.model.straightness`). pred_loss is the MSE between the predictions from frames 0..T-2 and the embeddings of frames
         1..T-1 (averaged over every element, as the official code does); sigreg_loss is SIGReg over the
         batch for each of the T frames.
         """
@@ -108,6 +115,8 @@ class LeWM(nn.Module):
             "loss": pred_loss + self.config.sigreg_weight * sigreg_loss,
             "pred_loss": pred_loss,
             "sigreg_loss": sigreg_loss,
+            # Logged, not optimised: the paper's temporal straightness of the window's trajectory.
+            "straightness": straightness_terms(emb.detach().float()).mean(),
         }
 
     # -- planning ---------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from lewm_agent.train import distributed
 from lewm_agent.train.precise_bn import recompute_batchnorm
 from lewm_agent.utils import seed_everything
 
-LOSS_KEYS = ("loss", "pred_loss", "sigreg_loss")
+LOSS_KEYS = ("loss", "pred_loss", "sigreg_loss", "straightness")  # what LeWM.loss reports
 METRIC_COLUMNS = ["epoch", "step", *(f"train_{k}" for k in LOSS_KEYS), *(f"val_{k}" for k in LOSS_KEYS),
                   "lr", "seconds"]
 
@@ -409,7 +409,8 @@ class Trainer:
                 self._saved_step = self.step
             if val:
                 self._say(f"epoch {epoch}: step {self.step}, train loss {train['loss']:.4f}, "
-                          f"val loss {val['loss']:.4f} (pred {val['pred_loss']:.4f}, sigreg {val['sigreg_loss']:.4f})")
+                          f"val loss {val['loss']:.4f} (pred {val['pred_loss']:.4f}, sigreg {val['sigreg_loss']:.4f}), "
+                          f"straightness {val['straightness']:.3f}")
         distributed.barrier()
 
     def _save_state(self) -> None:
