@@ -100,6 +100,10 @@ class GoalImageEnv(gym.Env):
     state_dim: int
     goal_dim: int
     proprio_dim: int
+    #: Physical quantities a probe can read from a frame: name -> (stored column, indices, period).
+    #: A quantity with a period (an angle: 2 pi; MiniGrid's direction: 4) is probed as the sin and cos
+    #: of 2 pi value / period, so that 0 and one period are the same target; None: as it is.
+    quantities: ClassVar[dict[str, tuple[str, tuple[int, ...], float | None]]] = {}
 
     def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array") -> None:
         self.image_size = check_image_size(image_size)

@@ -61,6 +61,8 @@ class CubeEnv(GoalImageEnv):
     """
 
     goal_dim, proprio_dim = 3, 6
+    # The cube's position sits at a model-dependent offset of qpos, so it is not listed here.
+    quantities = {"end-effector position": ("proprio", (0, 1, 2), None), "gripper opening": ("proprio", (4,), None)}
 
     def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array") -> None:
         super().__init__(image_size, render_mode)

@@ -77,6 +77,7 @@ class MultiRoomEnv(GoalImageEnv):
     """
 
     state_dim, goal_dim, proprio_dim = 3, 2, 3
+    quantities = {"agent cell": ("state", (0, 1), None), "agent direction": ("state", (2,), 4)}
 
     def __init__(
         self, image_size: int = 64, render_mode: str | None = "rgb_array", layout: str = "four_rooms"

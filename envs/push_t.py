@@ -74,6 +74,8 @@ class PushTEnv(GoalImageEnv):
     """
 
     state_dim = goal_dim = 7
+    quantities = {"agent position": ("state", (0, 1), None), "block position": ("state", (2, 3), None),
+                  "block angle": ("state", (4,), 2 * np.pi)}
     proprio_dim = 4
 
     def __init__(

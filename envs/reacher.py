@@ -52,6 +52,7 @@ class ReacherEnv(GoalImageEnv):
     """
 
     state_dim, goal_dim, proprio_dim = 4, 2, 2
+    quantities = {"joint angles": ("state", (0, 1), 2 * np.pi)}
 
     def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array") -> None:
         super().__init__(image_size, render_mode)

@@ -86,6 +86,7 @@ class TwoRoomEnv(GoalImageEnv):
     """
 
     state_dim = goal_dim = proprio_dim = 2
+    quantities = {"agent position": ("state", (0, 1), None)}
 
     def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array") -> None:
         super().__init__(image_size, render_mode)

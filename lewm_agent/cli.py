@@ -1,4 +1,4 @@
-"""The ``lewm`` command: collect | train | info | eval | import | demo.
+"""The ``lewm`` command: collect | train | info | eval | probe | surprise | import | demo.
 
 Each subcommand is a thin layer over one Python function, so everything here is also scriptable. Its
 options are generated from the configuration dataclasses of :mod:`lewm_agent.config` (defaults and
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lewm_agent.config import CollectConfig, EvalConfig, Protocol, TrainConfig
+from lewm_agent.config import CollectConfig, EvalConfig, ProbeConfig, Protocol, SurpriseConfig, TrainConfig
 from lewm_agent.demo import DemoConfig
 from lewm_agent.options import add_options, options_of
 
@@ -77,6 +77,23 @@ def _eval(a) -> None:
     print(markdown_table(report))
 
 
+def _probe(a) -> None:
+    from lewm_agent.analysis import probe, probe_table
+    from lewm_agent.analysis.probe import parse_quantity
+
+    quantities = [parse_quantity(q) for q in a.quantity] if a.quantity else None
+    report = probe(a.run_dir, quantities=quantities, **options_of(a, ProbeConfig))
+    print(probe_table(report))
+
+
+def _surprise(a) -> None:
+    from lewm_agent.analysis import surprise_experiment, surprise_table
+
+    o = options_of(a, SurpriseConfig)
+    report = surprise_experiment(a.run_dir, env_id=o.pop("env"), kinds=tuple(a.kind or ("teleport", "color")), **o)
+    print(surprise_table(report))
+
+
 def _import(a) -> None:
     from lewm_agent.official import import_release
 
@@ -117,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baseline", action="append", default=None,
                    help="baseline policy run on the same episodes (repeatable): random (default), expert, sb3:PATH.zip")
     e.set_defaults(fn=_eval)
+
+    pr = sub.add_parser("probe", help="linear and MLP probes of physical quantities from the frozen encoder")
+    pr.add_argument("run_dir")
+    add_options(pr, ProbeConfig)
+    pr.add_argument("--quantity", action="append", metavar="NAME=COLUMN:I,J[@PERIOD]",
+                    help="probe this instead of the env's own quantities (repeatable), e.g. agent=state:0,1")
+    pr.set_defaults(fn=_probe)
+
+    s = sub.add_parser("surprise", help="surprise of paired unperturbed / teleported / recoloured episodes")
+    s.add_argument("run_dir")
+    add_options(s, SurpriseConfig)
+    s.add_argument("--kind", action="append", choices=("teleport", "color"),
+                   help="perturbation (repeatable; default both)")
+    s.set_defaults(fn=_surprise)
 
     m = sub.add_parser("import", help="turn an official LeWM release (weights.pt + config.json) into a run folder")
     m.add_argument("source", help="release folder holding weights.pt and config.json, or a weights.pt file")

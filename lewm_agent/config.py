@@ -4,7 +4,8 @@ command line that is built from these fields starts instantly).
 - :class:`LeWMConfig` and the presets: the model (defaults: the official architecture).
 - :class:`TrainConfig`: a training run (defaults: the official recipe).
 - :class:`Protocol`: the goal-reaching evaluation (defaults: the paper's v3 protocol).
-- :class:`CollectConfig`, :class:`EvalConfig`: the defaults of ``collect`` and ``evaluate``.
+- :class:`CollectConfig`, :class:`EvalConfig`, :class:`ProbeConfig`, :class:`SurpriseConfig`: the
+  defaults of ``collect``, ``evaluate``, ``probe`` and ``surprise_experiment``.
 
 Each field is declared with :func:`lewm_agent.options.option`: its default and a one-line description
 that the ``lewm`` command shows in ``--help``. Nothing else types these defaults.
@@ -197,3 +198,31 @@ class EvalConfig:
                                   "minute) inside the first plans, which the mean and p95 plan times include")
     videos: int = option(4, "episodes recorded as videos")
     device: str = option("auto", "auto (cuda, mps, cpu) or a torch device")
+
+
+@dataclass
+class ProbeConfig:
+    """Probing a run's encoder; :func:`lewm_agent.analysis.probe` defaults to these values."""
+
+    data: str = option(MISSING, "episode store of the run's env with the probed columns (held out from training)")
+    out: str | None = option(None, "output folder (default RUN/probe)")
+    folds: int = option(5, "episode folds: each is predicted by probes fitted on the others")
+    mlp_steps: int = option(500, "full-batch Adam steps of each MLP probe")
+    max_frames: int = option(20000, "frames probed at most, spread evenly over the episodes")
+    cls: bool = option(False, "also probe the pre-projector CLS features")
+    seed: int = option(0, "seed of the folds, the MLP probes and the random-init encoder")
+    device: str = option("cpu", "torch device of the encoders")
+
+
+@dataclass
+class SurpriseConfig:
+    """The paired surprise experiment; :func:`lewm_agent.analysis.surprise_experiment` defaults to these."""
+
+    env: str | None = option(None, "env id (default: the run's); its env needs perturb(kind)")
+    episodes: int = option(20, "paired episodes per perturbation")
+    perturb_step: int | None = option(None, "env step whose frame is perturbed (default: 4 frameskips)")
+    length: int | None = option(None, "env steps per episode (default: the perturbation step + 4 frameskips)")
+    policy: str = option("expert:0.5", "behaviour policy: random | expert | expert:NOISE | sb3:PATH.zip")
+    seed: int = option(0, "episode i is reset with seed + i")
+    out: str | None = option(None, "output folder (default RUN/surprise)")
+    device: str = option("cpu", "torch device of the model")

@@ -10,6 +10,8 @@
   ``env.render()`` resized with :func:`lewm_agent.images.resize_images` (the same resize as training),
   ``goal`` comes from ``reset(options={"goal_image": img})`` or from ``goal_fn(env)``, and a flat Box
   observation is kept as float32 ``state``. Both compose with Gymnasium's own wrappers.
+* :class:`SurpriseWrapper` adds ``info["surprise"]``, a trained LeWM's prediction error on each new
+  frame, so implausible events can be flagged while acting.
 """
 
 from __future__ import annotations
@@ -152,3 +154,40 @@ class PixelGoalWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if self._goal_state is not None:
             info["goal_state"] = self._goal_state.copy()
         return info
+
+
+class SurpriseWrapper(gym.Wrapper):
+    """Adds ``info["surprise"]`` on reset and every step: how far the frame just observed is from what
+    a trained LeWM predicted from the frames and actions before it (see
+    :mod:`lewm_agent.analysis.surprise`; NaN for the first ``frameskip`` steps of an episode).
+
+        env = SurpriseWrapper(gym.make("lewm/TwoRoom-v0"), "runs/demo/model")
+        obs, info = env.reset(seed=0)
+        obs, reward, terminated, truncated, info = env.step(action)   # info["surprise"]
+
+    ``model`` is a run folder or a loaded ``LeWM`` (then pass its ``codec``). Observations must carry
+    ``pixels`` (every lewm env does; other envs after :class:`PixelGoalWrapper`).
+    """
+
+    def __init__(self, env: gym.Env, model, codec=None, device: str = "cpu") -> None:
+        super().__init__(env)
+        from lewm_agent.analysis.surprise import SurpriseTracker
+
+        if codec is None:
+            from lewm_agent.runs import Run
+
+            model, codec, _ = Run(model).load(device=device)
+        if not isinstance(env.observation_space, spaces.Dict) or "pixels" not in env.observation_space.spaces:
+            raise ValueError("SurpriseWrapper needs dict observations with 'pixels'; wrap the env with "
+                             "PixelGoalWrapper first")
+        self.tracker = SurpriseTracker(model, codec)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        info["surprise"] = self.tracker.reset(obs["pixels"])
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["surprise"] = self.tracker.step(action, obs["pixels"])
+        return obs, reward, terminated, truncated, info

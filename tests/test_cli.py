@@ -7,10 +7,20 @@ import inspect
 import pytest
 
 from lewm_agent.cli import build_parser
-from lewm_agent.config import CollectConfig, EvalConfig, LeWMConfig, Protocol, TrainConfig, preset_config
+from lewm_agent.config import (
+    CollectConfig,
+    EvalConfig,
+    LeWMConfig,
+    ProbeConfig,
+    Protocol,
+    SurpriseConfig,
+    TrainConfig,
+    preset_config,
+)
 from lewm_agent.demo import DemoConfig
 
-COMMANDS = {"collect": [CollectConfig], "train": [TrainConfig], "eval": [EvalConfig, Protocol], "demo": [DemoConfig]}
+COMMANDS = {"collect": [CollectConfig], "train": [TrainConfig], "eval": [EvalConfig, Protocol], "demo": [DemoConfig],
+            "probe": [ProbeConfig], "surprise": [SurpriseConfig]}
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
