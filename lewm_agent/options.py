@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 from dataclasses import MISSING, field
 
 _TYPES = {"int": int, "float": float, "str": str}
@@ -73,10 +72,4 @@ def options_of(args: argparse.Namespace, cls, skip: tuple[str, ...] = ()) -> dic
     return {f.name: getattr(args, f.name) for f in cli_fields(cls) if f.name not in skip and hasattr(args, f.name)}
 
 
-def parameter_defaults(fn) -> dict:
-    """``{name: default}`` of a function's keyword parameters, for options that mirror its arguments."""
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-
-
-__all__ = ["add_options", "cli_fields", "option", "options_of", "parameter_defaults"]
+__all__ = ["add_options", "cli_fields", "option", "options_of"]
