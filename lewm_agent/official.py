@@ -92,7 +92,6 @@ def map_official_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
         new = f"encoder.blocks.{layer}.qkv.{kind}"
         if set(parts) != {"q", "k", "v"}:
             missing = sorted({"q", "k", "v"} - set(parts))
-            origin[new] = ", ".join(k for k, _ in parts.values())
             raise ReleaseError(f"weights.pt has an incomplete attention in ViT layer {layer}: the {missing} "
                                f"projection {kind} is missing; the file is damaged or not an official release")
         out[new] = torch.cat([parts[p][1] for p in ("q", "k", "v")])
@@ -228,10 +227,7 @@ def import_release(source: str | Path, data: str | Path, out: str | Path, config
     _check_keys(model, state, origin, weights_path, config_path)
     model.load_state_dict(state)
     codec = ActionCodec.fit(spec, actions)
-    try:
-        paper = asdict(preset_config("paper", model_config.action_dim, model_config.action_block))
-    except ValueError:
-        paper = None
+    paper = asdict(preset_config("paper", model_config.action_dim, model_config.action_block))
     data_meta.update(frameskip=model_config.action_block, history=model_config.history,
                      image_size=model_config.image_size)
     train = {"imported_from": str(weights_path.resolve()),

@@ -46,9 +46,9 @@ from lewm_agent.utils import pick_device
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 AGENT_KEYS = ("horizon", "receding_horizon")
-# Settings that change what a training step computes: a run resumes only with the same values
-# (epochs / steps may grow; device, workers and logging may change).
-RESUME_KEYS = ("preset", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "seed", "split_seed",
+# Settings that change what a training step computes: a run resumes only with the same values and
+# preset (epochs / steps may grow; device, workers and logging may change).
+RESUME_KEYS = ("batch_size", "lr", "weight_decay", "warmup", "grad_clip", "seed", "split_seed",
                "val_fraction")
 RESUME_DATA_KEYS = ("env_id", "frameskip", "history", "image_size", "num_episodes")
 
@@ -279,7 +279,7 @@ class Run:
         else:
             problems = [f"model {k}={v!r} vs {model.get(k)!r}" for k, v in existing["model"].items()
                         if model.get(k) != v]
-        problems += [f"{k}={old_train.get(k)!r} vs {train.get(k)!r}" for k in RESUME_KEYS[1:]
+        problems += [f"{k}={old_train.get(k)!r} vs {train.get(k)!r}" for k in RESUME_KEYS
                      if old_train.get(k) != train.get(k)]
         old_data = existing.get("data", {})
         problems += [f"data {k}={old_data.get(k)!r} vs {data.get(k)!r}" for k in RESUME_DATA_KEYS

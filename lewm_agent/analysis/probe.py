@@ -124,15 +124,19 @@ def mlp_probe(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, steps: i
         return net(torch.as_tensor(x_test, dtype=torch.float32)).double().numpy()
 
 
-def episode_folds(groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    """``folds`` boolean test masks over frames that split the episodes (``groups``) at random."""
-    ids = np.unique(groups)
+def fold_episodes(ids, folds: int, seed: int) -> list[np.ndarray]:
+    """Episode ids ``ids`` split at random into ``folds`` groups (too few episodes raise)."""
+    ids = np.unique(ids)
     folds = check_int("folds", folds, minimum=2)
     if len(ids) < folds:
         raise ValueError(f"probing with {folds} held-out folds needs at least {folds} episodes, the data has "
                          f"{len(ids)}; collect more episodes or lower --folds")
-    order = np.random.default_rng(seed).permutation(ids)
-    return [np.isin(groups, part) for part in np.array_split(order, folds)]
+    return np.array_split(np.random.default_rng(seed).permutation(ids), folds)
+
+
+def episode_folds(groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` boolean test masks over frames that split the episodes (``groups``) at random."""
+    return [np.isin(groups, part) for part in fold_episodes(groups, folds, seed)]
 
 
 def cross_validated(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, folds: list[np.ndarray],
@@ -234,15 +238,14 @@ def probe(run_dir: str | Path, data: str | Path, out: str | Path | None = None, 
                 raise ValueError(f"quantity {q.name!r} reads {q.column}[{max(q.indices)}] but {q.column} has "
                                  f"{width} values per row")
         episodes = list(range(store.num_episodes))
-        groups_all = np.repeat(episodes, store.ep_len)
-        test_folds = episode_folds(groups_all, folds, seed)  # checks the episode count before any work
+        parts = fold_episodes(episodes, folds, seed)  # before any work: too few episodes raise here
         torch.manual_seed(seed)
         random_model = LeWM(model.config).eval()
         trained = embed_episodes(model, store, episodes, max_frames)
         untrained = embed_episodes(random_model, store, episodes, max_frames)
         values = {q.column: store.read(q.column, trained["rows"]) for q in quantities}
     groups = trained["groups"]
-    test_folds = episode_folds(groups, folds, seed)
+    test_folds = [np.isin(groups, part) for part in parts]
     features = {"LeWM": trained["z"], "random init": untrained["z"]}
     if cls:
         features.update({"LeWM (CLS)": trained["cls"], "random init (CLS)": untrained["cls"]})

@@ -102,16 +102,11 @@ class SurpriseTracker:
         t = self._t
         if t < self.frameskip:
             return float("nan")
-        # Index the buffers by absolute step: buffer position = step - (t - len + 1).
-        first_z, first_a = t - len(self._z) + 1, t - len(self._a)
-        z = {s: self._z[s - first_z] for s in range(first_z, t + 1)}
-        feats = torch.stack(list(self._a))
-        steps = _context(t, self.frameskip, self.history)
-        emb = torch.stack([z[s] for s in steps])[None]
-        blocks = torch.stack([feats[s - first_a: s - first_a + self.frameskip].reshape(-1) for s in steps])[None]
-        with torch.no_grad():
-            pred = self.model.predict(emb, blocks.to(emb.device))[0, -1]
-        return float((pred - z[t]).square().mean())
+        # The buffers start at the same step and hold one frame more than actions; indexed from their
+        # start, the newest frame's context is the same as by absolute step (a full buffer spans exactly
+        # the history), so the offline computation applies as is.
+        return float(_predict_errors(self.model, torch.stack(list(self._z)), torch.stack(list(self._a)),
+                                     [len(self._z) - 1])[0])
 
 
 # -- the paired experiment ----------------------------------------------------------------------------
