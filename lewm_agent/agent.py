@@ -30,6 +30,37 @@ from lewm_agent.runs import Run
 from lewm_agent.spaces import ActionCodec
 
 
+class Agent:
+    """What every agent of the package is to the evaluator: LeWMAgent and each baseline.
+
+    Subclasses implement :meth:`act` (one observation dict, or a vector-env batch whose arrays have a
+    leading env axis) and, if they keep per-episode state, :meth:`reset`. :meth:`predict` is
+    Stable-Baselines3's policy interface on top of them, so ``evaluate_policy(agent, env)`` works.
+    :meth:`describe` says what the comparison reports about the agent.
+    """
+
+    name = "agent"
+
+    def act(self, obs: dict):
+        raise NotImplementedError
+
+    def reset(self, env_indices=None) -> None:
+        """Forget the episode of every env (or of ``env_indices``)."""
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        """SB3's ``predict``: ``episode_start`` (one bool per env) resets those envs first."""
+        if episode_start is not None:
+            self.reset(np.flatnonzero(np.atleast_1d(episode_start)))
+        return self.act(observation), state
+
+    def describe(self) -> dict:
+        """What the agent was trained on and with: ``kind``, ``offline_transitions`` (stored env steps
+        it learned from), ``env_steps`` (online interaction), ``train_seconds``, ``uses_reward``,
+        ``privileged_state`` (sees the true state instead of pixels); None where it does not apply."""
+        return {"kind": self.name, "offline_transitions": None, "env_steps": None, "train_seconds": None,
+                "uses_reward": False, "privileged_state": False}
+
+
 @dataclass
 class _EnvMemory:
     """What the agent remembers about one environment's current episode."""
@@ -45,7 +76,7 @@ class _EnvMemory:
     plans: int = 0
 
 
-class LeWMAgent:
+class LeWMAgent(Agent):
     """Goal-reaching agent: ``act(obs)`` where ``obs`` has ``pixels`` and ``goal`` images.
 
     Args:
@@ -95,6 +126,7 @@ class LeWMAgent:
         self.plan_times: list[float] = []  # seconds per planner call (all envs planned together)
         self._memory: list[_EnvMemory] = []
         self._seed = 0
+        self.run_config: dict = {}  # the run folder's config.json, when loaded from one
 
     @classmethod
     def load(
@@ -117,7 +149,9 @@ class LeWMAgent:
         if not isinstance(planner, Planner):
             planner = cls._make_planner(planner, config.get("planner") or {}, codec, planner_overrides)
         device = next(model.parameters()).device
-        return cls(model, codec, planner, device=device, precision=precision, compile=compile, **agent_settings)
+        agent = cls(model, codec, planner, device=device, precision=precision, compile=compile, **agent_settings)
+        agent.run_config = config
+        return agent
 
     @staticmethod
     def _make_planner(name: str | None, stored: dict, codec: ActionCodec, overrides: dict) -> Planner:
@@ -189,13 +223,11 @@ class LeWMAgent:
         actions = np.stack(actions)
         return actions[0] if single else actions
 
-    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
-        """Stable-Baselines3 policy interface, so ``evaluate_policy(agent, env)`` works unchanged.
-        ``episode_start`` (one bool per env) clears that env's history and plan."""
-        if episode_start is not None:
-            starts = np.flatnonzero(np.atleast_1d(episode_start))
-            self.reset(starts)
-        return self.act(observation), state
+    def describe(self) -> dict:
+        data, train = self.run_config.get("data", {}), self.run_config.get("train", {})
+        return {**super().describe(), "kind": "lewm", "planner": repr(self.planner),
+                "offline_transitions": data.get("train_transitions") or _train_transitions(data, train),
+                "train_seconds": train.get("seconds"), "parameters": self.model.num_parameters()}
 
     # -- internals ----------------------------------------------------------------------------------
 
@@ -290,3 +322,21 @@ class LeWMAgent:
     def _raw(self, env_actions: np.ndarray) -> np.ndarray:
         """Env actions -> stored-row layout (indices for discrete actions)."""
         return env_actions[:, None].astype(np.float32) if self.codec.spec.kind == "discrete" else env_actions
+
+
+def _train_transitions(data: dict, train: dict) -> int | None:
+    """Env steps of a run's training episodes, recounted from its store (runs written before the
+    trainer recorded them); None when the store is gone or changed since."""
+    from pathlib import Path
+
+    from lewm_agent.data.dataset import split_episodes
+    from lewm_agent.data.store import EpisodeStore
+
+    path, config = data.get("path"), train.get("config", {})
+    if not path or not Path(path).is_file():
+        return None
+    with EpisodeStore(path) as store:
+        if store.num_episodes != data.get("num_episodes"):
+            return None
+        idx, _ = split_episodes(store.num_episodes, config.get("val_fraction", 0.1), config.get("split_seed", 3072))
+        return int(store.ep_len[idx].sum())

@@ -1,4 +1,4 @@
-"""The ``lewm`` command: collect | train | info | eval | probe | surprise | import | demo.
+"""The ``lewm`` command: collect | train | info | eval | baseline | compare | probe | surprise | import | demo.
 
 Each subcommand is a thin layer over one Python function, so everything here is also scriptable. Its
 options are generated from the configuration dataclasses of :mod:`lewm_agent.config` (defaults and
@@ -10,7 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lewm_agent.config import CollectConfig, EvalConfig, ProbeConfig, Protocol, SurpriseConfig, TrainConfig
+from lewm_agent.config import (
+    BaselineConfig,
+    CollectConfig,
+    CompareConfig,
+    EvalConfig,
+    GCBCConfig,
+    ProbeConfig,
+    Protocol,
+    SurpriseConfig,
+    TrainConfig,
+)
 from lewm_agent.demo import DemoConfig
 from lewm_agent.options import add_options, options_of
 
@@ -77,6 +87,29 @@ def _eval(a) -> None:
     print(markdown_table(report))
 
 
+def _baseline(a) -> None:
+    from lewm_agent.baselines.sb3 import train_sb3
+
+    cfg = BaselineConfig(**options_of(a, BaselineConfig), algo_kwargs=dict(a.set or []))
+    print(f"baseline in {train_sb3(cfg)} (model.zip opens with stable_baselines3.{cfg.algo.upper()}.load)")
+
+
+def _gcbc(a) -> None:
+    from lewm_agent.baselines.gcbc import train_gcbc
+
+    print(f"GCBC run in {train_gcbc(GCBCConfig(**options_of(a, GCBCConfig)))}")
+
+
+def _compare(a) -> None:
+    from lewm_agent.evaluation.compare import compare, compare_table
+
+    o = options_of(a, CompareConfig)
+    report = compare(a.agents, o["out"], data=o["data"], env_id=o["env"], protocol=Protocol(**options_of(a, Protocol)),
+                     device=o["device"], planner=o["planner"], videos=o["videos"])
+    print(compare_table(report))
+    print(f"results.json, results.md, compare.png and videos/ in {o['out']}")
+
+
 def _probe(a) -> None:
     from lewm_agent.analysis import probe, probe_table
     from lewm_agent.analysis.probe import parse_quantity
@@ -134,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baseline", action="append", default=None,
                    help="baseline policy run on the same episodes (repeatable): random (default), expert, sb3:PATH.zip")
     e.set_defaults(fn=_eval)
+
+    b = sub.add_parser("baseline", help="train a Stable-Baselines3 PPO or SAC baseline from pixels (resumes)")
+    add_options(b, BaselineConfig, positional=("algo",))
+    b.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
+                   help="a Stable-Baselines3 constructor argument, e.g. --set learning_rate=0.0003 (repeatable)")
+    b.set_defaults(fn=_baseline)
+
+    g = sub.add_parser("gcbc", help="train goal-conditioned behaviour cloning on an episode store (resumes)")
+    add_options(g, GCBCConfig, positional=("data",))
+    g.set_defaults(fn=_gcbc)
+
+    cm = sub.add_parser("compare", help="LeWM runs, SB3 zips, GCBC runs, random and expert on the same episodes")
+    cm.add_argument("agents", nargs="+", metavar="AGENT",
+                    help="random | expert[:NOISE] | LeWM run folder | GCBC run folder | SB3 .zip, each optionally LABEL=SPEC")
+    add_options(cm, CompareConfig)
+    add_options(cm, Protocol)
+    cm.set_defaults(fn=_compare)
 
     pr = sub.add_parser("probe", help="linear and MLP probes of physical quantities from the frozen encoder")
     pr.add_argument("run_dir")

@@ -226,3 +226,85 @@ class SurpriseConfig:
     seed: int = option(0, "episode i is reset with seed + i")
     out: str | None = option(None, "output folder (default RUN/surprise)")
     device: str = option("cpu", "torch device of the model")
+
+
+SB3_ALGOS = ("ppo", "sac")
+REWARDS = ("sparse", "dense")
+
+
+@dataclass
+class BaselineConfig:
+    """Training a Stable-Baselines3 baseline from pixels; :func:`lewm_agent.baselines.sb3.train_sb3`."""
+
+    algo: str = option(MISSING, "model-free algorithm", choices=SB3_ALGOS)
+    env: str = option(MISSING, "env id, e.g. lewm/TwoRoom-v0")
+    out: str = option(MISSING, "baseline folder (resumes the baseline it holds)")
+    steps: int = option(100_000, "total env steps of training")
+    time_limit: float | None = option(None, "stop once training has taken this many seconds in all (over resumes)")
+    reward: str = option("sparse", "sparse: the env's own (1 on success); dense: DenseGoalReward", choices=REWARDS)
+    image_size: int = option(64, "side of the pixels and goal images")
+    n_envs: int | None = option(None, "parallel training envs (default: 8 for ppo, 1 for sac)")
+    buffer_size: int = option(100_000, "sac replay buffer transitions (about 50 kB each at 64 px)")
+    save_every: int = option(10_000, "env steps between checkpoints of model.zip")
+    eval_every: int = option(0, "env steps between success evaluations on fresh env goals (0: none)")
+    eval_episodes: int = option(20, "episodes of each success evaluation")
+    seed: int = option(0, "seed of the model, the envs and the evaluations")
+    device: str = option("auto", "auto (cuda, cpu) or a torch device")
+    progress: bool = option(True, "show a progress bar", cli=False)
+    algo_kwargs: dict = option({}, "Stable-Baselines3 constructor arguments over the package's defaults", cli=False)
+
+    def check(self) -> None:
+        if self.algo not in SB3_ALGOS:
+            raise ValueError(f"unknown baseline algorithm {self.algo!r}; choose one of {list(SB3_ALGOS)}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}; choose one of {list(REWARDS)}")
+        for name in ("steps", "image_size", "buffer_size", "save_every", "eval_episodes"):
+            check_int(f"BaselineConfig.{name}", getattr(self, name))
+        check_int("BaselineConfig.eval_every", self.eval_every, minimum=0)
+        if self.n_envs is not None:
+            check_int("BaselineConfig.n_envs", self.n_envs)
+        if self.time_limit is not None:
+            check_float("BaselineConfig.time_limit", self.time_limit)
+
+
+@dataclass
+class GCBCConfig:
+    """Goal-conditioned behaviour cloning on an episode store; :func:`lewm_agent.baselines.gcbc.train_gcbc`.
+    Defaults: the ``tiny`` LeWM's encoder, trained on the same data as the demo's LeWM."""
+
+    data: str = option(MISSING, "episode store (HDF5) to imitate")
+    out: str = option(MISSING, "GCBC run folder (resumes the run it holds)")
+    preset: str = option("tiny", f"encoder of this LeWM preset: {' | '.join(PRESETS)}")
+    steps: int = option(2500, "optimizer steps")
+    batch_size: int = option(64, "(frame, goal, action) samples per step")
+    lr: float = option(3e-4, "AdamW learning rate")
+    weight_decay: float = option(1e-3, "AdamW weight decay")
+    max_goal_offset: int = option(50, "hindsight goals: a frame 1 to this many steps later in the same episode")
+    image_size: int | None = option(None, "frame side in pixels (default: the preset's)")
+    hidden: int = option(512, "width of the two hidden layers of the action head")
+    save_every: int = option(250, "optimizer steps between checkpoints")
+    seed: int = option(0, "seed of initialisation and of every batch")
+    device: str = option("auto", "auto (cuda, mps, cpu) or a torch device")
+    progress: bool = option(True, "show a progress bar", cli=False)
+
+    def check(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        for name in ("steps", "batch_size", "max_goal_offset", "hidden", "save_every"):
+            check_int(f"GCBCConfig.{name}", getattr(self, name))
+        if self.image_size is not None:
+            check_int("GCBCConfig.image_size", self.image_size)
+        check_float("GCBCConfig.lr", self.lr)
+        check_float("GCBCConfig.weight_decay", self.weight_decay, positive=False)
+
+
+@dataclass
+class CompareConfig:
+    """Comparing agents on one protocol; :func:`lewm_agent.evaluation.compare.compare` defaults to these."""
+
+    out: str = option(MISSING, "output folder (agents already in its results.json are not re-run)")
+    data: str | None = option(None, "held-out episode store (dataset protocol); omit for env goals")
+    env: str | None = option(None, "env id (default: the one the agents were trained on)")
+    planner: str | None = option(None, "LeWM planner: cem | mppi | gradient | categorical_cem (default: the run's)")
+    videos: int = option(3, "episodes recorded, side by side over the agents")
+    device: str = option("auto", "auto (cuda, mps, cpu) or a torch device")

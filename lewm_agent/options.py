@@ -50,7 +50,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
             continue
         text = f.metadata["help"] + (help_suffix or {}).get(f.name, "")
         if f.name in positional:
-            parser.add_argument(f.name, type=_value_type(f.type) or str, help=text)
+            parser.add_argument(f.name, type=_value_type(f.type) or str, help=text, choices=f.metadata.get("choices"))
             continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         default = f.default if f.default is not MISSING else None

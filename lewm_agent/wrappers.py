@@ -10,6 +10,9 @@
   ``env.render()`` resized with :func:`lewm_agent.images.resize_images` (the same resize as training),
   ``goal`` comes from ``reset(options={"goal_image": img})`` or from ``goal_fn(env)``, and a flat Box
   observation is kept as float32 ``state``. Both compose with Gymnasium's own wrappers.
+* :class:`ObservationKeys` keeps some entries of a Dict observation (e.g. ``pixels`` and ``goal``, so a
+  model-free baseline sees what LeWM sees and no state).
+* :class:`DenseGoalReward` replaces a ``lewm_envs`` env's sparse reward (1 on success) with a dense one.
 * :class:`SurpriseWrapper` adds ``info["surprise"]``, a trained LeWM's prediction error on each new
   frame, so implausible events can be flagged while acting.
 """
@@ -54,6 +57,51 @@ class SuccessWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         success = bool(self.success_fn(self.env, obs, info))
         info["is_success"] = success
         return obs, reward, terminated or success, truncated, info
+
+
+class ObservationKeys(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Keeps only ``keys`` of a Dict observation (in that order)."""
+
+    def __init__(self, env: gym.Env, keys: tuple[str, ...] = ("pixels", "goal")) -> None:
+        space = env.observation_space
+        if not isinstance(space, spaces.Dict) or any(k not in space.spaces for k in keys):
+            have = list(space.spaces) if isinstance(space, spaces.Dict) else space
+            raise ValueError(f"ObservationKeys needs a Dict observation with keys {list(keys)}; the env has {have}")
+        gym.utils.RecordConstructorArgs.__init__(self, keys=tuple(keys))
+        super().__init__(env)
+        self.keys = tuple(keys)
+        self.observation_space = spaces.Dict({k: space.spaces[k] for k in self.keys})
+
+    def observation(self, observation: dict) -> dict:
+        return {k: observation[k] for k in self.keys}
+
+
+class DenseGoalReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Reward ``success - distance / scale`` for a ``lewm_envs`` env: the distance between the goal
+    the current state achieves (``env.achieved_goal``) and the episode's goal, divided by the extent of
+    the goal's range in the observation space (so it lies in [0, 1]), plus the env's own 1 on success.
+    Every step away from the goal costs, and the episode ends on success, so reaching it sooner pays
+    more. Angles in a goal (PushT's block) count by their raw difference."""
+
+    def __init__(self, env: gym.Env) -> None:
+        base = env.unwrapped
+        if not hasattr(base, "achieved_goal") or not hasattr(base, "state_dim"):
+            raise ValueError(f"DenseGoalReward needs a lewm_envs env (with achieved_goal and state_dim), got {base}")
+        gym.utils.RecordConstructorArgs.__init__(self)
+        super().__init__(env)
+        state = base.observation_space["state"]
+        low, high = state.low[base.state_dim :], state.high[base.state_dim :]
+        self.scale = float(np.linalg.norm(high.astype(np.float64) - low)) or 1.0
+
+    def distance(self, state: np.ndarray) -> float:
+        """Scaled distance of an observation ``state`` (start layout + goal) from its goal."""
+        base = self.env.unwrapped
+        achieved = base.achieved_goal(np.asarray(state[: base.state_dim], dtype=np.float64))
+        return float(np.linalg.norm(achieved - state[base.state_dim :])) / self.scale
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, float(reward) - self.distance(obs["state"]), terminated, truncated, info
 
 
 def _to_hwc(image: Any, size: int, name: str) -> np.ndarray:

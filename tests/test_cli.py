@@ -8,8 +8,11 @@ import pytest
 
 from lewm_agent.cli import build_parser
 from lewm_agent.config import (
+    BaselineConfig,
     CollectConfig,
+    CompareConfig,
     EvalConfig,
+    GCBCConfig,
     LeWMConfig,
     ProbeConfig,
     Protocol,
@@ -20,7 +23,8 @@ from lewm_agent.config import (
 from lewm_agent.demo import DemoConfig
 
 COMMANDS = {"collect": [CollectConfig], "train": [TrainConfig], "eval": [EvalConfig, Protocol], "demo": [DemoConfig],
-            "probe": [ProbeConfig], "surprise": [SurpriseConfig]}
+            "probe": [ProbeConfig], "surprise": [SurpriseConfig], "baseline": [BaselineConfig], "gcbc": [GCBCConfig],
+            "compare": [CompareConfig, Protocol]}
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -75,3 +79,16 @@ def test_cli_option_types_and_errors(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "run", "--precision", "fp8"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_baseline_and_compare_commands_refuse_bad_input(tmp_path, capsys):
+    from lewm_agent.cli import main
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["baseline", "dqn", "--env", "lewm/TwoRoom-v0", "--out", "b"])
+    assert "invalid choice" in capsys.readouterr().err
+    args = build_parser().parse_args(["baseline", "sac", "--env", "e", "--out", "b", "--set", "tau=0.01"])
+    assert (args.algo, args.set) == ("sac", [("tau", 0.01)])
+    assert main(["compare", "random", "nonsense", "--out", str(tmp_path / "c"), "--env", "lewm/TwoRoom-v0"]) == 2
+    assert "unknown agent 'nonsense'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from lewm_agent.agent import Agent
 from lewm_agent.data.policies import Policy, make_policy
 
 
-class PolicyAgent:
+class PolicyAgent(Agent):
     """One clone of ``policy`` per env slot, reseeded from ``seed`` at every episode start."""
+
+    name = "policy"
 
     def __init__(self, policy: Policy, seed: int = 0):
         self.policy, self.seed = policy, seed
@@ -23,7 +26,10 @@ class PolicyAgent:
     @classmethod
     def make(cls, name, env, env_id: str | None = None, seed: int = 0) -> "PolicyAgent":
         """``name`` as for :func:`lewm_agent.data.policies.make_policy`, for ``env``'s spaces."""
-        return cls(make_policy(name, env, env_id=env_id), seed)
+        agent = cls(make_policy(name, env, env_id=env_id), seed)
+        if isinstance(name, str):
+            agent.name = name
+        return agent
 
     def reset(self, env_indices=None) -> None:
         if env_indices is None:
@@ -39,11 +45,6 @@ class PolicyAgent:
             return self._slot(0)(obs)
         return np.stack([self._slot(i)({k: v[i] for k, v in obs.items()}) for i in range(len(pixels))])
 
-    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
-        if episode_start is not None:
-            self.reset(np.flatnonzero(np.atleast_1d(episode_start)))
-        return self.act(observation), state
-
     def _slot(self, i: int) -> Policy:
         self._slots += [None] * (i + 1 - len(self._slots))
         if self._slots[i] is None:
@@ -54,4 +55,4 @@ class PolicyAgent:
         return self._slots[i]
 
 
-__all__ = ["PolicyAgent"]
+__all__ = ["PolicyAgent"]  # the trained baselines: lewm_agent.baselines.sb3 and lewm_agent.baselines.gcbc

@@ -166,6 +166,7 @@ class Trainer:
             "env_id": store.env_id, "path": str(Path(cfg.data).resolve()), "frameskip": cfg.frameskip,
             "history": cfg.history, "image_size": self.model_config.image_size,
             "num_episodes": int(store.num_episodes), "train_episodes": len(train_idx), "val_episodes": len(val_idx),
+            "train_transitions": int(store.ep_len[train_idx].sum()),
         }
         self.steps_per_epoch = len(self.train_set) // cfg.batch_size
         self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
