@@ -311,17 +311,14 @@ class LeWMAgent(Agent):
         step_dim = self.model.config.action_dim
         for mem, p in zip(mems, plan):
             executed = p[: self.receding_horizon].reshape(-1, step_dim)
-            env_actions = self.codec.decode(executed)
-            # Re-encode what will really run (clipped to the action space), so the history matches it.
-            features = self.codec.encode(self._raw(env_actions))
-            mem.queue = list(zip(env_actions, features))
+            rows = self.codec.decode(executed)
+            # Re-encode what will really run (clipped to the action space, or the chosen index), so the
+            # predictor's history holds the executed actions.
+            features = self.codec.encode(rows)
+            mem.queue = list(zip(self.codec.to_env(rows), features))
             mem.plans += 1
             tail = p[self.receding_horizon :]
             mem.warm_start = tail if len(tail) else None
-
-    def _raw(self, env_actions: np.ndarray) -> np.ndarray:
-        """Env actions -> stored-row layout (indices for discrete actions)."""
-        return env_actions[:, None].astype(np.float32) if self.codec.spec.kind == "discrete" else env_actions
 
 
 def _train_transitions(data: dict, train: dict) -> int | None:

@@ -111,14 +111,22 @@ class ActionCodec:
         return torch.nan_to_num(out, nan=0.0)
 
     def decode(self, features: torch.Tensor) -> np.ndarray:
-        """Model features ``[..., feature_dim]`` -> env actions (clipped to the Box, or int indices)."""
+        """Model features ``[..., feature_dim]`` -> stored action rows ``[..., raw_dim]``, the inverse
+        of :meth:`encode`: values clipped to the Box, or the argmax index (as float32, like the store).
+        :meth:`to_env` turns rows into what ``env.step`` takes."""
         f = features.detach().float().cpu()
         if self.spec.kind == "discrete":
-            return f.argmax(dim=-1).numpy().astype(np.int64)
+            return f.argmax(dim=-1, keepdim=True).numpy().astype(np.float32)
         a = f.numpy() * self.std + self.mean
         if self.spec.low is not None:
             a = np.clip(a, np.array(self.spec.low), np.array(self.spec.high))
         return a.astype(np.float32)
+
+    def to_env(self, rows: np.ndarray) -> np.ndarray:
+        """Stored action rows ``[..., raw_dim]`` -> env actions: int64 indices ``[...]`` for a Discrete
+        space, the float32 rows themselves for a Box."""
+        rows = np.asarray(rows)
+        return rows[..., 0].astype(np.int64) if self.spec.kind == "discrete" else rows.astype(np.float32)
 
     def feature_bounds(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Bounds of the action Box in feature (z-scored) space, or None if unbounded / discrete."""

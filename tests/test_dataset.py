@@ -78,6 +78,19 @@ def test_discrete_actions_are_one_hot(tmp_path):
     np.testing.assert_array_equal(action.numpy(), expected.reshape(3, 6))
 
 
+def test_codec_decode_inverts_encode_for_both_kinds():
+    discrete = ActionCodec(ActionSpec("discrete", 4))
+    rows = np.array([[0.0], [3.0], [2.0]], np.float32)  # stored layout: one float index per step
+    np.testing.assert_array_equal(discrete.decode(discrete.encode(rows)), rows)
+    assert discrete.to_env(rows).tolist() == [0, 3, 2] and discrete.to_env(rows).dtype == np.int64
+    spec = ActionSpec("continuous", 2, (-1.0, -1.0), (1.0, 1.0))
+    box = ActionCodec.fit(spec, np.random.default_rng(0).uniform(-1, 1, (50, 2)))
+    rows = np.array([[0.5, -0.25], [-1.0, 1.0]], np.float32)
+    np.testing.assert_allclose(box.decode(box.encode(rows)), rows, atol=1e-6)
+    np.testing.assert_array_equal(box.decode(torch.full((1, 2), 1e3)), [[1.0, 1.0]])  # clipped to the Box
+    np.testing.assert_array_equal(box.to_env(rows), rows)
+
+
 def test_cached_and_uncached_items_match_and_resize(tmp_path):
     path = tmp_path / "d.h5"
     rng = np.random.default_rng(0)

@@ -202,7 +202,7 @@ class GCBCAgent(Agent):
         single = pixels.ndim == 3
         frames = resize_images(pixels[None] if single else pixels, self.image_size).to(self.device)
         goal_frames = resize_images(goals[None] if single else goals, self.image_size).to(self.device)
-        actions = self.codec.decode(self.net(frames, goal_frames))
+        actions = self.codec.to_env(self.codec.decode(self.net(frames, goal_frames)))
         return actions[0] if single else actions
 
     def describe(self) -> dict:
