@@ -83,13 +83,21 @@ class TwoRoomEnv(GoalImageEnv):
     Args:
         image_size: side of the square ``pixels`` / ``goal`` images.
         render_mode: only ``"rgb_array"``.
+        goal_room: ``"any"`` samples start and goal anywhere (at least the success radius apart);
+            ``"other"`` puts the sampled start in the room the goal is not in, so every episode goes
+            through the door, as in the official TwoRoom data. Placed starts (``options["state"]``)
+            are used as given.
     """
 
     state_dim = goal_dim = proprio_dim = 2
+    GOAL_ROOMS = ("any", "other")
     quantities = {"agent position": ("state", (0, 1), None)}
 
-    def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array") -> None:
+    def __init__(self, image_size: int = 64, render_mode: str | None = "rgb_array", goal_room: str = "any") -> None:
         super().__init__(image_size, render_mode)
+        if goal_room not in self.GOAL_ROOMS:
+            raise ValueError(f"goal_room must be one of {self.GOAL_ROOMS}, got {goal_room!r}")
+        self.goal_room = goal_room
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         self._build_observation_space((0.0, CANVAS), (0.0, CANVAS))
         self._background = render_background(self.image_size)
@@ -128,7 +136,8 @@ class TwoRoomEnv(GoalImageEnv):
     def _sample_state(self, goal: np.ndarray) -> np.ndarray:
         while True:
             xy = self._sample_free()
-            if np.linalg.norm(xy - goal) >= SUCCESS_RADIUS:
+            other_room = (xy[0] < WALL_X) != (goal[0] < WALL_X)
+            if np.linalg.norm(xy - goal) >= SUCCESS_RADIUS and (self.goal_room == "any" or other_room):
                 return xy
 
     def _place_goal(self, goal: np.ndarray) -> None:

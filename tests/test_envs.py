@@ -193,6 +193,16 @@ def test_two_room_success_radius(offset, expected):
     assert_success(env, [60.0 + offset, 60.0], [60.0, 60.0], expected, np.zeros(2))
 
 
+def test_two_room_other_room_goals_put_the_wall_between_start_and_goal():
+    env = make("lewm/TwoRoom-v0", goal_room="other")
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        agent_x, goal_x = obs["state"][0], obs["state"][2]
+        assert (agent_x < 112) != (goal_x < 112)
+    with pytest.raises(ValueError, match="goal_room must be one of"):
+        make("lewm/TwoRoom-v0", goal_room="same")
+
+
 @pytest.mark.parametrize(
     "block_offset, angle_offset, expected",
     [
