@@ -29,7 +29,7 @@ from lewm_agent.config import Protocol
 from lewm_agent.runs import Run, atomic_write
 
 from .protocol import dataset_episodes, env_episodes, make_env_factory, run_episodes, summarize
-from .report import _jsonable, write_video
+from .report import _jsonable, protocol_line, write_video
 
 POLICIES = ("random", "expert")
 AGENT_FORMS = "random, expert, expert:NOISE, a LeWM run folder, a GCBC run folder or an SB3 .zip (optionally LABEL=SPEC)"
@@ -191,13 +191,17 @@ def compare(
         report["agents"][label] = {"spec": target, "kind": kind, **loaded[label].describe(), **summary}
         if frames:
             np.savez_compressed(out / f"frames_{label}.npz", *[np.stack(f) for f in frames])
-        atomic_write(out / "results.json", (json.dumps(report, indent=2, default=_jsonable) + "\n").encode())
+        _save(out / "results.json", report)  # after each agent: an interruption keeps the finished ones
     report["agents"] = {label: report["agents"][label] for label in labels}  # table in the order asked
-    atomic_write(out / "results.json", (json.dumps(report, indent=2, default=_jsonable) + "\n").encode())
+    _save(out / "results.json", report)
     (out / "results.md").write_text(compare_table(report))
     write_compare_plot(out / "compare.png", report)
     report["videos"] = _side_by_side_videos(out, labels, videos)
     return report
+
+
+def _save(path: Path, report: dict) -> None:
+    atomic_write(path, (json.dumps(report, indent=2, default=_jsonable) + "\n").encode())
 
 
 def _previous(path: Path, header: dict) -> dict:
@@ -218,10 +222,8 @@ def _cell(value, fmt: str = "{}", none: str = "-") -> str:
 
 
 def compare_table(report: dict) -> str:
-    p = report["protocol"]
     lines = [
-        f"Env `{report['env_id']}`, {report['mode']} goals: {p['episodes']} episodes, seed {p['seed']}, goal offset "
-        f"{p['goal_offset']}, budget {p['budget']} steps, success at any step; 95% Wilson intervals.",
+        protocol_line(report)[:-1] + "; 95% Wilson intervals.",
         "",
         "| agent | kind | success | 95% CI | mean steps to success | decision ms / step | offline transitions "
         "| env steps | training time | reward | privileged state |",

@@ -13,12 +13,17 @@ def write_json(path: Path, results: dict) -> Path:
     return path
 
 
+def protocol_line(results: dict) -> str:
+    """The sentence above every results table: env, goal mode and protocol."""
+    p = results["protocol"]
+    return (f"Env `{results['env_id']}`, {results['mode']} goals: {p['episodes']} episodes, seed {p['seed']}, "
+            f"goal offset {p['goal_offset']}, budget {p['budget']} steps, success at any step.")
+
+
 def markdown_table(results: dict) -> str:
     """One row per policy: success rate, successes, mean steps to success, planning time."""
-    p = results["protocol"]
     lines = [
-        f"Env `{results['env_id']}`, {results['mode']} goals: {p['episodes']} episodes, seed {p['seed']}, "
-        f"goal offset {p['goal_offset']}, budget {p['budget']} steps, success at any step.",
+        protocol_line(results),
         "",
         "| policy | success rate | successes | mean steps to success | plan time mean / median / p95 (s) |",
         "|---|---|---|---|---|",
