@@ -179,6 +179,7 @@ class CollectConfig:
     num_envs: int = option(1, "parallel envs (subprocesses when > 1)")
     seed: int = option(0, "base seed; episode g uses seeds derived from (seed, g)")
     max_episode_steps: int | None = option(None, "time limit (default: the env's registered one)")
+    env_kwargs: dict = option({}, "keyword arguments of gym.make (and of the scripted expert)", cli=False)
 
 
 @dataclass

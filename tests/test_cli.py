@@ -4,9 +4,11 @@ import argparse
 import dataclasses
 import inspect
 
+import numpy as np
 import pytest
 
-from lewm_agent.cli import build_parser
+from lewm_agent.bench import BenchConfig
+from lewm_agent.cli import build_parser, main
 from lewm_agent.config import (
     BaselineConfig,
     CollectConfig,
@@ -24,7 +26,7 @@ from lewm_agent.demo import DemoConfig
 
 COMMANDS = {"collect": [CollectConfig], "train": [TrainConfig], "eval": [EvalConfig, Protocol], "demo": [DemoConfig],
             "probe": [ProbeConfig], "surprise": [SurpriseConfig], "baseline": [BaselineConfig], "gcbc": [GCBCConfig],
-            "compare": [CompareConfig, Protocol]}
+            "compare": [CompareConfig, Protocol], "bench": [BenchConfig]}
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -82,8 +84,6 @@ def test_cli_option_types_and_errors(capsys):
 
 
 def test_baseline_and_compare_commands_refuse_bad_input(tmp_path, capsys):
-    from lewm_agent.cli import main
-
     with pytest.raises(SystemExit):
         build_parser().parse_args(["baseline", "dqn", "--env", "lewm/TwoRoom-v0", "--out", "b"])
     assert "invalid choice" in capsys.readouterr().err
@@ -92,3 +92,22 @@ def test_baseline_and_compare_commands_refuse_bad_input(tmp_path, capsys):
     assert main(["compare", "random", "nonsense", "--out", str(tmp_path / "c"), "--env", "lewm/TwoRoom-v0"]) == 2
     assert "unknown agent 'nonsense'" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_collect_forwards_env_kwargs_and_names_a_wrong_one(tmp_path, capsys):
+    from lewm_agent.data.store import EpisodeStore
+
+    out = tmp_path / "d.h5"
+    assert main(["collect", "lewm/MiniGrid-MultiRoom-v0", "--episodes", "2", "--out", str(out), "--policy", "expert",
+                 "--max-episode-steps", "10", "--env-kwarg", "layout=two_rooms", "--env-kwarg", "show_goal=0"]) == 0
+    with EpisodeStore(out) as store:
+        assert store.env_kwargs == {"layout": "two_rooms", "show_goal": 0}
+        # the expert got the layout too: its BFS over the two-room grid reaches goals in the 9x7 grid
+        assert store.read("state", np.arange(int(np.sum(store.ep_len))))[:, :2].max() <= 8
+    # other kwargs cannot be appended to the same store; an unknown one is named, nothing is written
+    assert main(["collect", "lewm/MiniGrid-MultiRoom-v0", "--episodes", "3", "--out", str(out),
+                 "--max-episode-steps", "10"]) == 2
+    assert "layout" in capsys.readouterr().err
+    assert main(["collect", "lewm/TwoRoom-v0", "--episodes", "1", "--out", str(tmp_path / "x.h5"),
+                 "--env-kwarg", "goal_rom=other"]) == 2
+    assert "goal_rom" in capsys.readouterr().err and not (tmp_path / "x.h5").exists()

@@ -24,9 +24,10 @@ class PolicyAgent(Agent):
         self._episodes = 0
 
     @classmethod
-    def make(cls, name, env, env_id: str | None = None, seed: int = 0) -> "PolicyAgent":
-        """``name`` as for :func:`lewm_agent.data.policies.make_policy`, for ``env``'s spaces."""
-        agent = cls(make_policy(name, env, env_id=env_id), seed)
+    def make(cls, name, env, env_id: str | None = None, seed: int = 0, env_kwargs: dict | None = None) -> "PolicyAgent":
+        """``name`` as for :func:`lewm_agent.data.policies.make_policy`, for ``env``'s spaces (an env made
+        with ``env_kwargs``, which the scripted expert gets too)."""
+        agent = cls(make_policy(name, env, env_id=env_id, env_kwargs=env_kwargs), seed)
         if isinstance(name, str):
             agent.name = name
         return agent

@@ -68,9 +68,12 @@ class _TimeLimited:
         return gym.wrappers.TimeLimit(env, self.max_episode_steps) if self.max_episode_steps else env
 
 
-def _env_factory(env: str | Callable[[], gym.Env], image_size: int, max_episode_steps: int | None):
+def _env_factory(env: str | Callable[[], gym.Env], image_size: int, max_episode_steps: int | None,
+                 env_kwargs: dict):
     """``(factory, env_id)`` for a registered id or a user factory; bad ids raise ValueError."""
     if callable(env):
+        if env_kwargs:
+            raise ValueError(f"env_kwargs {env_kwargs} are for a registered env id; a factory makes its env itself")
         return _TimeLimited(env, max_episode_steps), None
     if not isinstance(env, str):
         raise TypeError(f"env must be a registered env id or a zero-argument factory, got {env!r}")
@@ -85,7 +88,7 @@ def _env_factory(env: str | Callable[[], gym.Env], image_size: int, max_episode_
         raise ValueError(f"unknown env id {env!r}; registered lewm ids: {ids}") from None
     if not (max_episode_steps or spec.max_episode_steps):
         raise ValueError(f"{env} has no registered time limit; pass max_episode_steps")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(env_kwargs)
     if max_episode_steps:
         kwargs["max_episode_steps"] = max_episode_steps
     creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
@@ -132,6 +135,7 @@ def collect(
     seed: int = CollectConfig.seed,
     shard: tuple[int, int] | None = None,
     max_episode_steps: int | None = CollectConfig.max_episode_steps,
+    env_kwargs: dict | None = None,
     progress: bool = True,
 ) -> Path:
     """Collect ``episodes`` episodes of ``env`` with a behaviour policy into the store ``out``.
@@ -148,6 +152,8 @@ def collect(
         seed: base seed; episode g uses seeds derived from ``(seed, g)``.
         shard: ``(i, n)`` collects the global episodes ``i, i + n, ...`` into ``out``.
         max_episode_steps: time limit; the env's registered limit if None.
+        env_kwargs: keyword arguments of ``gym.make(env, ...)`` (e.g. ``{"goal_room": "other"}``); the
+            scripted expert gets them too, and the store records them (``EpisodeStore.env_kwargs``).
         progress: show a tqdm bar.
 
     Returns the path of the store. Per step it records ``pixels``, ``action`` (NaN on an episode's
@@ -162,17 +168,23 @@ def collect(
         max_episode_steps = check_int("max_episode_steps", max_episode_steps)
     check_int("seed", seed, minimum=0)
     todo = shard_episodes(episodes, _check_shard(shard))
-    factory, env_id = _env_factory(env, image_size, max_episode_steps)
+    env_kwargs = dict(env_kwargs or {})
+    factory, env_id = _env_factory(env, image_size, max_episode_steps, env_kwargs)
 
     # Autoreset off: each env is reset explicitly with the seed of the episode it starts next.
+    if env_kwargs:  # a wrong keyword fails here, in this process, naming itself
+        try:
+            factory().close()
+        except TypeError as err:
+            raise ValueError(f"{env_id} does not take env_kwargs {env_kwargs}: {err}") from None
     vector_cls = gym.vector.SyncVectorEnv if num_envs == 1 else gym.vector.AsyncVectorEnv
     envs = vector_cls([factory] * min(num_envs, len(todo)), autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     try:
         _check_spaces(envs)
         env_id = env_id or getattr(envs.get_attr("spec")[0], "id", None)
         spec = ActionSpec.from_space(envs.single_action_space)
-        base_policy = make_policy(policy, envs, env_id=env_id)
-        with EpisodeWriter(out, "append", action_spec=spec, env_id=env_id) as writer:
+        base_policy = make_policy(policy, envs, env_id=env_id, env_kwargs=env_kwargs)
+        with EpisodeWriter(out, "append", action_spec=spec, env_id=env_id, env_kwargs=env_kwargs) as writer:
             remaining = todo[writer.num_episodes :]
             done = len(todo) - len(remaining)
             desc = f"collect {env_id or 'env'}"

@@ -66,9 +66,10 @@ class RandomPolicy(Policy):
 
 
 class ExpertPolicy(Policy):
-    """The scripted expert of a ``lewm_envs`` env, rebuilt with the episode's seed at each reset."""
+    """The scripted expert of a ``lewm_envs`` env, rebuilt with the episode's seed at each reset.
+    ``env_kwargs`` are the keyword arguments the env was made with (e.g. a MiniGrid ``layout``)."""
 
-    def __init__(self, env_id: str, noise: float | None = None) -> None:
+    def __init__(self, env_id: str, noise: float | None = None, env_kwargs: dict | None = None) -> None:
         try:
             from lewm_envs.experts import make_expert
         except ImportError as err:
@@ -77,7 +78,7 @@ class ExpertPolicy(Policy):
             ) from err
         self._make = make_expert
         self.env_id = env_id
-        self._kwargs = {} if noise is None else {"noise": noise}
+        self._kwargs = {**(env_kwargs or {}), **({} if noise is None else {"noise": noise})}
         self.reset(0)  # fails now, before any collection, if the env has no expert
 
     def reset(self, seed: int) -> None:
@@ -134,11 +135,13 @@ def make_policy(
     *,
     env_id: str | None = None,
     noise: float | None = None,
+    env_kwargs: dict | None = None,
 ) -> Policy:
     """Build a behaviour policy for ``env`` (a single or vector env; only its spaces and id are used).
 
-    ``env_id`` (default ``env.spec.id``) names the env for ``"expert"``; ``noise`` overrides the
-    expert's default action noise (``"expert:0.3"`` does the same from a string).
+    ``env_id`` (default ``env.spec.id``) names the env for ``"expert"`` and ``env_kwargs`` the keyword
+    arguments it was made with, which the expert gets too; ``noise`` overrides the expert's default
+    action noise (``"expert:0.3"`` does the same from a string).
     """
     if isinstance(spec, Policy):
         return spec
@@ -162,7 +165,7 @@ def make_policy(
                 raise ValueError(
                     f"bad policy {spec!r}: use expert:NOISE with a number, e.g. expert:0.2"
                 ) from None
-        return ExpertPolicy(env_id, noise)
+        return ExpertPolicy(env_id, noise, env_kwargs)
     if spec.startswith("sb3:"):
         parts = spec.split(":", 2)
         # "sb3:PPO:model.zip" names the algorithm; "sb3:model.zip" detects it from the zip

@@ -4,7 +4,8 @@ One file; every column (``pixels`` ``(N, H, W, 3)`` uint8, ``action`` ``(N, A)``
 ``proprio``, ``state``, ``goal_state``, ...) is a top-level dataset with all episodes concatenated on
 axis 0, and ``ep_len`` (int32) / ``ep_offset`` (int64) index the episodes. Row t of ``action`` is the
 action taken after observation t; the last row of an episode is NaN. File attributes: ``action_space``
-(:class:`~lewm_agent.spaces.ActionSpec` JSON), ``env_id``, ``format_version``. The official datasets
+(:class:`~lewm_agent.spaces.ActionSpec` JSON), ``env_id``, ``env_kwargs`` (JSON, the keyword arguments of
+``gym.make``), ``format_version``. The official datasets
 use this layout and load unchanged.
 
 Crash safety: :class:`EpisodeWriter` writes an episode's column rows first and its index entry last,
@@ -17,6 +18,7 @@ until the ``h5clear`` tool is run on them.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,6 +73,11 @@ def _schema_of(f: h5py.File) -> Schema:
     }
 
 
+def _env_kwargs(attrs: h5py.AttributeManager) -> dict:
+    text = _attr_str(attrs, "env_kwargs")
+    return json.loads(text) if text else {}
+
+
 def _indexed(f: h5py.File) -> tuple[np.ndarray, np.ndarray]:
     """``(ep_len, ep_offset)`` of the finished episodes. The two can differ in length only when a
     writer died between appending one and the other; that last entry is then not an episode."""
@@ -104,6 +111,8 @@ class EpisodeWriter:
         action_spec: the env's action space; saved as the ``action_space`` attribute. When None it is
             taken from an existing file, else inferred as continuous from the first episode.
         env_id: saved as the ``env_id`` attribute; appending with a different id is refused.
+        env_kwargs: the keyword arguments the env was made with (``gym.make(env_id, **env_kwargs)``),
+            saved as the ``env_kwargs`` attribute (JSON); appending with different ones is refused.
         compression: HDF5 filter for new image columns: ``"lzf"`` (default; rendered frames get ~10x
             smaller and write and read no slower, since less goes to disk), ``"gzip"`` (~2x smaller
             again, slower writes) or ``None``. h5py reads all three without extra packages. Other
@@ -121,6 +130,7 @@ class EpisodeWriter:
         *,
         action_spec: ActionSpec | None = None,
         env_id: str | None = None,
+        env_kwargs: dict | None = None,
         compression: str | None = "lzf",
     ) -> None:
         if mode not in WRITE_MODES:
@@ -133,7 +143,7 @@ class EpisodeWriter:
                 "mode='overwrite' to replace it"
             )
         if self.path.exists() and mode == "append":
-            self._file = self._open_existing(action_spec, env_id)
+            self._file = self._open_existing(action_spec, env_id, env_kwargs)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = h5py.File(self.path, "w")
@@ -146,9 +156,11 @@ class EpisodeWriter:
             attrs["action_space"] = action_spec.to_json()
         if env_id and not _attr_str(attrs, "env_id"):
             attrs["env_id"] = env_id
+        if env_kwargs is not None and not len(_indexed(self._file)[0]):  # the first episodes set them
+            attrs["env_kwargs"] = json.dumps(env_kwargs, sort_keys=True)
         self._file.flush()
 
-    def _open_existing(self, action_spec: ActionSpec | None, env_id: str | None) -> h5py.File:
+    def _open_existing(self, action_spec: ActionSpec | None, env_id: str | None, env_kwargs: dict | None) -> h5py.File:
         if not h5py.is_hdf5(self.path):
             raise ValueError(f"{self.path} exists and is not an HDF5 file; {_REPLACE}")
         try:
@@ -158,7 +170,7 @@ class EpisodeWriter:
                 f"cannot open {self.path} for appending ({err}); close other readers or writers of it first"
             ) from err
         try:
-            self._check_existing(f, action_spec, env_id)
+            self._check_existing(f, action_spec, env_id, env_kwargs)
         except Exception:
             f.close()
             raise
@@ -175,7 +187,8 @@ class EpisodeWriter:
                 del f[name]
         return f
 
-    def _check_existing(self, f: h5py.File, action_spec: ActionSpec | None, env_id: str | None) -> None:
+    def _check_existing(self, f: h5py.File, action_spec: ActionSpec | None, env_id: str | None,
+                        env_kwargs: dict | None) -> None:
         missing = [k for k in INDEX_COLUMNS if k not in f]
         if missing:
             raise ValueError(
@@ -185,6 +198,12 @@ class EpisodeWriter:
         if env_id and old_id and env_id != old_id:
             raise ValueError(
                 f"cannot append {env_id!r} episodes to {self.path}: it holds {old_id!r} episodes; {_REPLACE}"
+            )
+        old_kwargs = _env_kwargs(f.attrs)
+        if len(_indexed(f)[0]) and (env_kwargs or {}) != old_kwargs:
+            raise ValueError(
+                f"cannot append episodes of {env_id or 'the env'} made with {env_kwargs or {}} to {self.path}: "
+                f"its episodes were made with {old_kwargs}; {_REPLACE}"
             )
         old_spec = _attr_str(f.attrs, "action_space")
         if action_spec is not None and old_spec and ActionSpec.from_json(old_spec) != action_spec:
@@ -379,6 +398,7 @@ class EpisodeStore:
         # Official files carry no action_space attribute; their actions are continuous.
         self.action_spec = ActionSpec.from_json(spec_json) if spec_json else ActionSpec("continuous", width)
         self.env_id = _attr_str(f.attrs, "env_id")
+        self.env_kwargs = _env_kwargs(f.attrs)  # what gym.make(env_id, ...) was given
 
     def _check_index(self) -> None:
         """Episodes have at least one row, start at non-negative rows and do not overlap."""

@@ -52,21 +52,25 @@ def evaluate(
     if not env_id:
         raise ValueError(f"{run_dir} does not record its env id: pass env_id (--env)")
     out = Path(out) if out else run.file(Run.EVAL)
+    # The env as the training data made it (e.g. TwoRoom's goal_room), unless held-out data says otherwise.
+    env_kwargs = config.get("data", {}).get("env_kwargs") or {}
     if data is not None:
         with EpisodeStore(data) as store:  # closed at once: a later collection may append to it
             specs, mode = dataset_episodes(store, protocol), "dataset"
             image_size = int(store.read("pixels", 0).shape[0])
+            env_kwargs = store.env_kwargs
     else:
         specs, mode = env_episodes(protocol), "env-sampled"
         image_size = config["model"]["image_size"]
     agent = LeWMAgent.load(run_dir, device=device, planner=planner, **planner_overrides)
     agent.seed(protocol.seed)
-    make_env = make_env_factory(env_id, image_size)
+    make_env = make_env_factory(env_id, image_size, **env_kwargs)
     out.mkdir(parents=True, exist_ok=True)
 
     probe_env = make_env()
     contenders = [("LeWM", agent)] + [
-        (name, PolicyAgent.make(name, probe_env, env_id=env_id, seed=protocol.seed)) for name in baselines
+        (name, PolicyAgent.make(name, probe_env, env_id=env_id, seed=protocol.seed, env_kwargs=env_kwargs))
+        for name in baselines
     ]
     probe_env.close()
     policies, recordings = {}, {}
@@ -81,7 +85,7 @@ def evaluate(
     policies["LeWM"]["planner"] = repr(agent.planner)
     policies["LeWM"]["precision"] = agent.precision
     policies["LeWM"]["compiled"] = agent.model.rollout_compiled
-    report = {"env_id": env_id, "mode": mode, "run_dir": str(run_dir), "protocol": protocol.to_dict(), "policies": policies}
+    report = {"env_id": env_id, "env_kwargs": env_kwargs, "mode": mode, "run_dir": str(run_dir), "protocol": protocol.to_dict(), "policies": policies}
     write_json(out / "results.json", report)
     (out / "results.md").write_text(markdown_table(report))
     write_plot(out / "plot.png", report, run.metrics())

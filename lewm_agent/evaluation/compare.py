@@ -76,8 +76,8 @@ def agent_env(kind: str, target: str) -> str | None:
 
 
 def load_agent(kind: str, target: str, env, env_id: str, seed: int, device: str = "auto",
-               planner: str | None = None) -> Agent:
-    """The agent ``target`` for ``env`` (a made env: only its spaces are read)."""
+               planner: str | None = None, env_kwargs: dict | None = None) -> Agent:
+    """The agent ``target`` for ``env`` (a made env, with ``env_kwargs``: only its spaces are read)."""
     trained_on = agent_env(kind, target)
     if trained_on and trained_on != env_id:
         raise ValueError(f"agent {target} was trained on {trained_on}, not {env_id}: compare agents of one env")
@@ -100,7 +100,7 @@ def load_agent(kind: str, target: str, env, env_id: str, seed: int, device: str 
         return SB3Agent(target, env.observation_space, env.action_space)
     from lewm_agent.baselines import PolicyAgent
 
-    return PolicyAgent.make(target, env, env_id=env_id, seed=seed)
+    return PolicyAgent.make(target, env, env_id=env_id, seed=seed, env_kwargs=env_kwargs)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -140,10 +140,12 @@ def compare(
     planner: str | None = None,
     videos: int = 3,
     progress: bool = True,
+    env_kwargs: dict | None = None,
 ) -> dict:
     """Evaluate ``agents`` (strings, see the module docstring) on the same episodes; returns the report
     written to ``out/results.json``. ``data``: a held-out episode store (the paper's dataset protocol);
-    without it the env samples starts and goals. ``env_id``: default, the env the agents were trained on."""
+    without it the env samples starts and goals. ``env_id``: default, the env the agents were trained on.
+    ``env_kwargs``: of ``gym.make`` (default: those the held-out data was collected with)."""
     from lewm_agent.data.store import EpisodeStore
 
     parsed = [parse_agent(a) for a in agents]
@@ -164,17 +166,19 @@ def compare(
                 raise ValueError(f"{data} holds episodes of {store.env_id}, not {env_id}: pass held-out data of {env_id}")
             specs, mode = dataset_episodes(store, protocol), "dataset"
             image_size = int(store.read("pixels", 0).shape[0])
+            env_kwargs = store.env_kwargs if env_kwargs is None else env_kwargs
     else:
         specs, mode = env_episodes(protocol), "env-sampled"
         image_size = 64
+    env_kwargs = env_kwargs or {}
     out = Path(out)
-    header = {"env_id": env_id, "mode": mode, "data": str(Path(data).resolve()) if data else None,
+    header = {"env_id": env_id, "env_kwargs": env_kwargs, "mode": mode, "data": str(Path(data).resolve()) if data else None,
               "image_size": image_size, "protocol": protocol.to_dict(), "episodes": [s.source for s in specs]}
     report = _previous(out / "results.json", header)
-    make_env = make_env_factory(env_id, image_size)
+    make_env = make_env_factory(env_id, image_size, **env_kwargs)
     probe_env = make_env()
     try:  # every agent loads and fits the env before any episode runs
-        loaded = {label: load_agent(kind, target, probe_env, env_id, protocol.seed, device, planner)
+        loaded = {label: load_agent(kind, target, probe_env, env_id, protocol.seed, device, planner, env_kwargs)
                   for label, kind, target in parsed if label not in report["agents"]}
     finally:
         probe_env.close()

@@ -163,7 +163,8 @@ class Trainer:
                 "lower --batch-size, or collect more or longer episodes"
             )
         self.data_meta = {
-            "env_id": store.env_id, "path": str(Path(cfg.data).resolve()), "frameskip": cfg.frameskip,
+            "env_id": store.env_id, "env_kwargs": store.env_kwargs, "path": str(Path(cfg.data).resolve()),
+            "frameskip": cfg.frameskip,
             "history": cfg.history, "image_size": self.model_config.image_size,
             "num_episodes": int(store.num_episodes), "train_episodes": len(train_idx), "val_episodes": len(val_idx),
             "train_transitions": int(store.ep_len[train_idx].sum()),
