@@ -1,7 +1,8 @@
 """PushT: push a T-shaped block to a goal pose with a circular agent (pymunk 7, NumPy rendering).
 
 Dynamics follow gym-pusht / DINO-WM / stable-worldmodel (relative actions): a 512x512 world (units
-are world pixels, y pointing down as on screen) with walls 5 px from each edge; a kinematic circle
+are world pixels, y pointing down as on screen) with walls 5 px from each edge (thick here, so a block
+squeezed against one cannot pass through it; see ``_build_space``); a kinematic circle
 agent (radius 15) and a dynamic T block (two 30-px-thick bars: 120 x 30 top, 30 x 90 stem, mass 1,
 friction 1, no gravity, space damping 0 so the block stops when it is no longer pushed). An action
 ``a`` in ``[-1, 1]^2`` sets the PD target ``agent_pos + 100 * a``; the controller (k_p = 100,
@@ -37,6 +38,14 @@ from lewm_envs.base import GoalImageEnv, as_color, check_box, require, wrap_angl
 
 WORLD = 512.0
 WALL_INSET, WALL_RADIUS = 5.0, 2.0
+WALL_THICKNESS = 200.0  # how far the static wall boxes reach outside the arena
+# The block's origin may lie this far outside [0, 512] when the agent squeezes the block into a wall
+# (up to ~20 px measured over 200 episodes of the expert with noise 1.0). Reset accepts it, and the
+# simulation holds the block there as a last resort, so every state the env produces is one it accepts.
+BLOCK_REACH = 60.0
+BLOCK_LOW, BLOCK_HIGH = -BLOCK_REACH, WORLD + BLOCK_REACH
+POSITIONS_LOW = np.array([0.0, 0.0, BLOCK_LOW, BLOCK_LOW])  # agent xy, block xy
+POSITIONS_HIGH = np.array([WORLD, WORLD, BLOCK_HIGH, BLOCK_HIGH])
 AGENT_RADIUS, ACTION_SCALE = 15.0, 100.0
 K_P, K_V, DT, SUBSTEPS = 100.0, 20.0, 0.01, 10
 # T block in its body frame: (centre x, centre y, half width, half height) of the bar and the stem.
@@ -87,8 +96,8 @@ class PushTEnv(GoalImageEnv):
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         v = MAX_SPEED
         pos_vel = (np.array([0, 0, -v, -v]), np.array([WORLD, WORLD, v, v]))
-        state_low = np.array([0, 0, 0, 0, 0, -v, -v] * 2)
-        state_high = np.array([WORLD] * 4 + [2 * np.pi, v, v])
+        state_low = np.array([0, 0, BLOCK_LOW, BLOCK_LOW, 0, -v, -v] * 2)
+        state_high = np.array([WORLD, WORLD, BLOCK_HIGH, BLOCK_HIGH, 2 * np.pi, v, v])
         self._build_observation_space(pos_vel, (state_low, np.concatenate([state_high, state_high])))
         # Pixel-centre coordinates in world units, and the static floor + walls.
         self._px = WORLD / self.image_size
@@ -104,10 +113,15 @@ class PushTEnv(GoalImageEnv):
         self.space = pm.Space()
         self.space.gravity = (0.0, 0.0)
         self.space.damping = 0.0  # quasi-static: the block stops as soon as nothing pushes it
-        lo, hi = WALL_INSET, WORLD - WALL_INSET - 1
-        corners = [(lo, hi), (lo, lo), (hi, lo), (hi, hi)]
-        for a, b in zip(corners, corners[1:] + corners[:1]):
-            self.space.add(pm.Segment(self.space.static_body, a, b, WALL_RADIUS))
+        # Walls: the original's thin segments (inner faces 7 px from each edge) continued outward as
+        # thick static boxes. A block squeezed between the kinematic agent and a 4-px segment was
+        # pushed through it and out of the arena (x = 538 seen); penetration into a thick box is always
+        # resolved inward. Contacts with the inner faces are the original's.
+        inner_lo, inner_hi = WALL_INSET + WALL_RADIUS, WORLD - WALL_INSET - 1 - WALL_RADIUS
+        far_lo, far_hi = -WALL_THICKNESS, WORLD + WALL_THICKNESS
+        for x0, y0, x1, y1 in ((far_lo, far_lo, inner_lo, far_hi), (inner_hi, far_lo, far_hi, far_hi),
+                               (far_lo, far_lo, far_hi, inner_lo), (far_lo, inner_hi, far_hi, far_hi)):
+            self.space.add(pm.Poly(self.space.static_body, [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]))
         self.agent = pm.Body(body_type=pm.Body.KINEMATIC)
         self.space.add(self.agent, pm.Circle(self.agent, AGENT_RADIUS))
         bar = [(-2 * SCALE, SCALE), (2 * SCALE, SCALE), (2 * SCALE, 0), (-2 * SCALE, 0)]
@@ -126,12 +140,12 @@ class PushTEnv(GoalImageEnv):
         return state[:7].copy()
 
     def _check_state(self, state: np.ndarray, name: str) -> None:
-        check_box(f"{name} positions (agent xy, block xy)", state[:4], np.zeros(4), np.full(4, WORLD))
+        check_box(f"{name} positions (agent xy, block xy)", state[:4], POSITIONS_LOW, POSITIONS_HIGH)
         check_box(f"{name} agent velocity", state[5:7], np.full(2, -MAX_SPEED), np.full(2, MAX_SPEED))
 
     def _check_goal(self, goal: np.ndarray) -> None:
         name = "options['goal_state'] positions (agent xy, block xy)"
-        check_box(name, goal[:4], np.zeros(4), np.full(4, WORLD))  # velocities are ignored
+        check_box(name, goal[:4], POSITIONS_LOW, POSITIONS_HIGH)  # velocities are ignored
 
     def _sample_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """Random agent xy in [50, 450] and block pose in [100, 400]^2 x [0, 2pi), not overlapping."""
@@ -173,6 +187,10 @@ class PushTEnv(GoalImageEnv):
             pos, vel = np.asarray(self.agent.position), np.asarray(self.agent.velocity)
             self.agent.velocity = tuple(vel + (K_P * (target - pos) - K_V * vel) * DT)
             self.space.step(DT)
+        block = np.asarray(self.block.position)
+        if np.any(block < BLOCK_LOW) or np.any(block > BLOCK_HIGH):
+            self.block.position = tuple(np.clip(block, BLOCK_LOW, BLOCK_HIGH))
+            self.block.velocity = (0.0, 0.0)
 
     def _success_between(self, state: np.ndarray, goal: np.ndarray) -> bool:
         cols = slice(0, 4) if self.dino_wm_success else slice(2, 4)

@@ -446,3 +446,31 @@ def test_expert_is_seeded_and_validates():
         make_expert("CartPole-v1")
     with pytest.raises(ValueError, match="noise"):
         make_expert("lewm/TwoRoom-v0", noise=-0.1)
+
+
+def test_push_t_block_squeezed_into_a_wall_stays_a_valid_state():
+    # Replays the last steps of a noisy-expert episode (seed 4, noise 1.0) in which the agent drove the
+    # block into the left wall: the thin wall segment let it through to x = -5.9, a state reset refused.
+    env = make("lewm/PushT-v0", image_size=16)
+    start = np.array([127.055, 206.026, 31.693, 210.714, 4.264, 375.451, 21.776])
+    actions = [[-0.716, 1.0], [-1.0, 0.392], [-0.002, -1.0], [0.436, -1.0], [0.399, 0.873], [-1.0, -1.0],
+               [0.196, -0.077], [-0.325, 0.255], [0.112, -1.0], [0.182, -1.0], [-1.0, -1.0], [0.873, -0.704]]
+    env.reset(options={"state": start, "goal_state": start + [0, 0, 200, 0, 0, 0, 0]})
+    rows = [env.step(np.array(a, np.float32))[0]["state"][:7] for a in actions]
+    assert min(r[2] for r in rows) > 0  # the block stays inside the walls
+    for row in rows:
+        env.reset(options={"state": row, "goal_state": row})
+
+
+@pytest.mark.parametrize("env_id", FAST_IDS)
+def test_every_stored_state_of_a_collected_file_is_a_valid_reset(tmp_path, env_id):
+    from lewm_agent.data.collector import collect
+    from lewm_agent.data.store import EpisodeStore
+
+    path = collect(env_id, 3, policy="expert:1.0", out=tmp_path / "d.h5", image_size=16, max_episode_steps=80,
+                   progress=False)
+    env = make(env_id, image_size=16)
+    with EpisodeStore(path) as store:
+        states = store.read("state", np.arange(int(np.sum(store.ep_len))))
+    for row in states:
+        env.reset(options={"state": row, "goal_state": row})
