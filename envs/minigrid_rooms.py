@@ -10,6 +10,10 @@ nothing to act on here. Directions: 0 = +x (east), 1 = +y (south), 2 = west, 3 =
 
 Success (terminates): the agent stands on the goal cell.
 
+``show_goal=False`` leaves the green goal cell out of the frames, as TwoRoom and PushT leave their
+goals out: a stored frame then shows where the agent is and nothing of the episode's goal, so a frame
+of one episode is a valid goal image for another start (the dataset protocol's goals).
+
 Layouts: start state = ``(x, y, direction)`` (cells, integers); goal = goal cell ``(x, y)``;
 ``proprio`` = ``(x, y, direction)``; observation ``state`` = start state + goal (5). The goal image
 shows the agent on the goal cell facing east.
@@ -74,15 +78,18 @@ class MultiRoomEnv(GoalImageEnv):
         image_size: side of the square ``pixels`` / ``goal`` images.
         render_mode: only ``"rgb_array"``.
         layout: ``"four_rooms"`` (default) or ``"two_rooms"``.
+        show_goal: draw the goal cell into the frames (MiniGrid's look; see the module docstring).
     """
 
     state_dim, goal_dim, proprio_dim = 3, 2, 3
     quantities = {"agent cell": ("state", (0, 1), None), "agent direction": ("state", (2,), 4)}
 
     def __init__(
-        self, image_size: int = 64, render_mode: str | None = "rgb_array", layout: str = "four_rooms"
+        self, image_size: int = 64, render_mode: str | None = "rgb_array", layout: str = "four_rooms",
+        show_goal: bool = True,
     ) -> None:
         super().__init__(image_size, render_mode)
+        self.show_goal = bool(show_goal)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
         rows = LAYOUTS[layout]
@@ -145,11 +152,12 @@ class MultiRoomEnv(GoalImageEnv):
     def _place_goal(self, goal: np.ndarray) -> None:
         self.agent_color = AGENT_COLOR.copy()  # undo an earlier colour perturbation
         xy = goal.astype(np.int64)
-        rows, cols, patch = self._cell_patch(self._grid, self._grid_small, xy, self._tile_image(GOAL))
         self._background = self._grid.copy()
-        self._background[self._cell(xy)] = self._tile_image(GOAL)
         self._background_small = self._grid_small.copy()
-        self._background_small[rows, cols] = patch
+        if self.show_goal:
+            rows, cols, patch = self._cell_patch(self._grid, self._grid_small, xy, self._tile_image(GOAL))
+            self._background[self._cell(xy)] = self._tile_image(GOAL)
+            self._background_small[rows, cols] = patch
         self._frame_base = self._background_small.round().astype(np.uint8)
         self._agent_patches: dict[tuple, tuple[slice, slice, np.ndarray]] = {}
 
@@ -230,7 +238,7 @@ class MultiRoomEnv(GoalImageEnv):
         cached per episode."""
         key = (int(xy[0]), int(xy[1]), direction, color)
         if key not in self._agent_patches:
-            kind = GOAL if np.array_equal(xy, self.goal_state) else FLOOR
+            kind = GOAL if self.show_goal and np.array_equal(xy, self.goal_state) else FLOOR
             tile = self._tile_image(kind, direction, color)
             rows, cols, patch = self._cell_patch(self._background, self._background_small, xy, tile)
             self._agent_patches[key] = (rows, cols, patch.round().astype(np.uint8))
