@@ -1,4 +1,5 @@
-"""The ``lewm`` command: collect | train | info | eval | baseline | compare | probe | surprise | import | demo.
+"""The ``lewm`` command: collect | train | info | eval | baseline | gcbc | compare | bench | probe | surprise |
+import | demo.
 
 Each subcommand is a thin layer over one Python function, so everything here is also scriptable. Its
 options are generated from the configuration dataclasses of :mod:`lewm_agent.config` (defaults and
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lewm_agent.bench import BenchConfig
 from lewm_agent.config import (
     BaselineConfig,
     CollectConfig,
@@ -37,7 +39,7 @@ def parse_setting(text: str) -> tuple[str, int | float | str]:
     """``KEY=VALUE`` for a LeWMConfig setting; the value is parsed as an int, a float or kept as text."""
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (e.g. embed_dim=16), got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes KEY=VALUE (e.g. embed_dim=16), got {text!r}")
     for kind in (int, float):
         try:
             return key, kind(value)
@@ -50,6 +52,7 @@ def _collect(a) -> None:
     from lewm_agent.data.collector import collect
 
     o = options_of(a, CollectConfig)
+    o["env_kwargs"] = dict(a.env_kwarg or [])
     path = collect(o.pop("env_id"), o.pop("episodes"), shard=a.shard, **o)
     print(f"episodes in {path}")
 
@@ -110,6 +113,12 @@ def _compare(a) -> None:
     print(f"results.json, results.md, compare.png and videos/ in {o['out']}")
 
 
+def _bench(a) -> None:
+    from lewm_agent.bench import bench
+
+    bench(BenchConfig(**options_of(a, BenchConfig)), extra_agents=tuple(a.agent or ()))
+
+
 def _probe(a) -> None:
     from lewm_agent.analysis import probe, probe_table
     from lewm_agent.analysis.probe import parse_quantity
@@ -148,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("collect", help="collect episodes of an env into an HDF5 episode store")
     add_options(c, CollectConfig, positional=("env_id",))
     c.add_argument("--shard", type=_shard, default=None, help="I/N: collect every N-th episode from I")
+    c.add_argument("--env-kwarg", type=parse_setting, action="append", metavar="KEY=VALUE",
+                   help="keyword argument of gym.make, given to the expert too, e.g. goal_room=other (repeatable)")
     c.set_defaults(fn=_collect)
 
     t = sub.add_parser("train", help="train a LeWM on an episode store (resumes an existing run folder)")
@@ -184,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(cm, CompareConfig)
     add_options(cm, Protocol)
     cm.set_defaults(fn=_compare)
+
+    bn = sub.add_parser("bench", help="an env's recipe end to end: collect, train, compare with random, expert "
+                                      "and baselines (resumes)")
+    add_options(bn, BenchConfig, positional=("env",))
+    bn.add_argument("--agent", action="append", metavar="[LABEL=]SPEC",
+                    help="another agent for the comparison, as for `lewm compare` (repeatable; one env only)")
+    bn.set_defaults(fn=_bench)
 
     pr = sub.add_parser("probe", help="linear and MLP probes of physical quantities from the frozen encoder")
     pr.add_argument("run_dir")

@@ -202,6 +202,16 @@ class Run:
         atomic_write(self.file(self.CONFIG), (json.dumps(config, indent=2) + "\n").encode())
         return self.path
 
+    def set_defaults(self, agent: dict | None = None, planner: dict | None = None) -> None:
+        """Make ``planner`` (``{"name": ..., settings}``) and ``agent`` (horizons) the run's defaults for
+        ``LeWMAgent.load``; training keeps them when it resumes."""
+        config = self.read_config()
+        if agent is not None:
+            config["agent"] = dict(agent)
+        if planner is not None:
+            config["planner"] = dict(planner)
+        atomic_write(self.file(self.CONFIG), (json.dumps(config, indent=2) + "\n").encode())
+
     def read_weights(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """The state dict in ``model.safetensors``; a missing or damaged file raises a clear error."""
         path = self.file(self.WEIGHTS)
