@@ -5,8 +5,9 @@ turned off: frames are 3-5x faster and still clear at 64 px.
 
 The OpenGL (EGL) context is only created at the first frame. Gymnasium's ``AsyncVectorEnv`` builds a
 throw-away env in the parent to read the spaces and then forks its workers; a context made in the
-parent before the fork leaves the workers' own contexts hanging forever inside Mesa. (A parent that
-has rendered MuJoCo frames itself should start workers with ``context="spawn"``/``"forkserver"``.)
+parent before the fork leaves the workers' own contexts hanging forever inside Mesa. A parent that has
+rendered MuJoCo frames itself must start workers with ``context="spawn"``; :func:`context_made` tells,
+and the collector does so.
 Renderers are also closed at interpreter exit *before* MuJoCo tears down its EGL display, which
 otherwise prints EGLError noise.
 """
@@ -24,6 +25,12 @@ import mujoco
 import numpy as np
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
+_CONTEXT_MADE = False  # whether this process has made an EGL context (forked children must not inherit it)
+
+
+def context_made() -> bool:
+    """Whether this process has rendered a MuJoCo frame: subprocess envs must then be spawned, not forked."""
+    return _CONTEXT_MADE
 
 
 def _close_all() -> None:
@@ -41,6 +48,8 @@ class Renderer:
     def render(self, data: mujoco.MjData) -> np.ndarray:
         """uint8 ``[size, size, 3]`` image of ``data``."""
         if self._renderer is None:
+            global _CONTEXT_MADE
+            _CONTEXT_MADE = True
             self.model.vis.quality.offsamples = 0  # read when the offscreen buffer is created
             self._renderer = mujoco.Renderer(self.model, self.size, self.size)
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False

@@ -296,3 +296,20 @@ def test_two_room_expert(tmp_path):
         assert ActionSpec.from_json(f.attrs["action_space"]).kind == "continuous"
     with pytest.raises(ValueError, match="no scripted expert"):
         collect(ENV_ID, 1, policy="expert", out=tmp_path / "x.h5")
+
+
+def test_parallel_collection_after_mujoco_rendering_in_the_parent(tmp_path):
+    # Forked workers inherit the parent's EGL context and hang inside Mesa (measured: a 60 s timeout);
+    # once this process has rendered MuJoCo frames the collector spawns them instead.
+    script = tmp_path / "collect_after_render.py"
+    script.write_text(
+        "import sys, gymnasium as gym, lewm_envs\n"
+        "from lewm_agent.data.collector import collect\n"
+        "if __name__ == '__main__':\n"
+        "    env = gym.make('lewm/Reacher-v0'); env.reset(seed=0); env.close()\n"
+        "    collect('lewm/Reacher-v0', 4, out=sys.argv[1], num_envs=2, max_episode_steps=10, progress=False)\n"
+    )
+    out = tmp_path / "d.h5"
+    subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=180, check=True)
+    with h5py.File(out) as f:
+        assert len(f["ep_len"]) == 4

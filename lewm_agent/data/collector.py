@@ -13,7 +13,6 @@ import inspect
 import os
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +67,28 @@ class _TimeLimited:
         return gym.wrappers.TimeLimit(env, self.max_episode_steps) if self.max_episode_steps else env
 
 
+class _Make:
+    """Picklable ``gym.make`` of a registered id that registers the ``lewm/`` ids first, so workers
+    started with ``spawn`` (a fresh interpreter) can make it too."""
+
+    def __init__(self, env_id: str, kwargs: dict[str, Any]) -> None:
+        self.env_id, self.kwargs = env_id, kwargs
+
+    def __call__(self) -> gym.Env:
+        if self.env_id.startswith("lewm/"):
+            import lewm_envs  # noqa: F401
+        return gym.make(self.env_id, **self.kwargs)
+
+
+def _vector_context() -> str | None:
+    """``spawn`` once this process has rendered MuJoCo frames: forked workers would inherit its EGL
+    context and hang inside Mesa. None (the platform default, fork on Linux) otherwise: faster starts."""
+    import sys
+
+    render = sys.modules.get("lewm_envs.mujoco_render")
+    return "spawn" if render is not None and render.context_made() else None
+
+
 def _env_factory(env: str | Callable[[], gym.Env], image_size: int, max_episode_steps: int | None,
                  env_kwargs: dict):
     """``(factory, env_id)`` for a registered id or a user factory; bad ids raise ValueError."""
@@ -94,7 +115,7 @@ def _env_factory(env: str | Callable[[], gym.Env], image_size: int, max_episode_
     creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
     if "image_size" in inspect.signature(creator).parameters:
         kwargs["image_size"] = image_size  # render at the stored size instead of resizing afterwards
-    return partial(gym.make, env, **kwargs), env
+    return _Make(env, kwargs), env
 
 
 def _check_spaces(envs: gym.vector.VectorEnv) -> None:
@@ -177,8 +198,12 @@ def collect(
             factory().close()
         except TypeError as err:
             raise ValueError(f"{env_id} does not take env_kwargs {env_kwargs}: {err}") from None
-    vector_cls = gym.vector.SyncVectorEnv if num_envs == 1 else gym.vector.AsyncVectorEnv
-    envs = vector_cls([factory] * min(num_envs, len(todo)), autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    autoreset = gym.vector.AutoresetMode.DISABLED
+    if num_envs == 1:
+        envs = gym.vector.SyncVectorEnv([factory], autoreset_mode=autoreset)
+    else:
+        envs = gym.vector.AsyncVectorEnv([factory] * min(num_envs, len(todo)), autoreset_mode=autoreset,
+                                         context=_vector_context())
     try:
         _check_spaces(envs)
         env_id = env_id or getattr(envs.get_attr("spec")[0], "id", None)
