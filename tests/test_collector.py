@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
+from lewm_agent.data import collector
 from lewm_agent.data.collector import collect, episode_seeds, shard_episodes
 from lewm_agent.data.policies import RandomPolicy, make_policy
 from lewm_agent.data.store import EpisodeStore
@@ -313,3 +314,14 @@ def test_parallel_collection_after_mujoco_rendering_in_the_parent(tmp_path):
     subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=180, check=True)
     with h5py.File(out) as f:
         assert len(f["ep_len"]) == 4
+
+
+def test_spawned_workers_make_an_env_registered_only_in_the_parent(tmp_path, monkeypatch):
+    # After MuJoCo rendering the collector spawns its workers (a fresh interpreter each); an id this
+    # process registered at run time must still be made there, with the same data as one env.
+    monkeypatch.setattr(collector, "_vector_context", lambda: "spawn")
+    one = collect(ENV_ID, 4, out=tmp_path / "one.h5", image_size=8, seed=1, progress=False)
+    two = collect(ENV_ID, 4, out=tmp_path / "two.h5", image_size=8, num_envs=2, seed=1, progress=False)
+    with h5py.File(one) as a, h5py.File(two) as b:
+        assert np.array_equal(a["action"][:], b["action"][:], equal_nan=True)
+        assert np.array_equal(a["pixels"][:], b["pixels"][:])

@@ -68,16 +68,18 @@ class _TimeLimited:
 
 
 class _Make:
-    """Picklable ``gym.make`` of a registered id that registers the ``lewm/`` ids first, so workers
-    started with ``spawn`` (a fresh interpreter) can make it too."""
+    """Picklable ``gym.make`` of a registered env. It carries the parent's spec, not just the id: a
+    worker started with ``spawn`` is a fresh interpreter whose registry holds neither ids the parent
+    registered at run time (a test, a notebook) nor the ``lewm/`` ids until ``lewm_envs`` is imported;
+    unpickling the spec imports its entry point's module."""
 
-    def __init__(self, env_id: str, kwargs: dict[str, Any]) -> None:
-        self.env_id, self.kwargs = env_id, kwargs
+    def __init__(self, spec: gym.envs.registration.EnvSpec, kwargs: dict[str, Any]) -> None:
+        self.spec, self.kwargs = spec, kwargs
 
     def __call__(self) -> gym.Env:
-        if self.env_id.startswith("lewm/"):
+        if self.spec.id.startswith("lewm/"):
             import lewm_envs  # noqa: F401
-        return gym.make(self.env_id, **self.kwargs)
+        return gym.make(self.spec, **self.kwargs)
 
 
 def _vector_context() -> str | None:
@@ -115,7 +117,7 @@ def _env_factory(env: str | Callable[[], gym.Env], image_size: int, max_episode_
     creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
     if "image_size" in inspect.signature(creator).parameters:
         kwargs["image_size"] = image_size  # render at the stored size instead of resizing afterwards
-    return _Make(env, kwargs), env
+    return _Make(spec, kwargs), env
 
 
 def _check_spaces(envs: gym.vector.VectorEnv) -> None:
