@@ -4,8 +4,8 @@
 """
 
 import gymnasium as gym
-
 import lewm_envs  # noqa: F401  (registers lewm/TwoRoom-v0 and the other suite envs)
+
 from lewm_agent import LeWMAgent
 from lewm_agent.data.collector import collect
 from lewm_agent.train import TrainConfig, train

@@ -1,6 +1,6 @@
 """One recipe per env of the suite: how its data is collected, which LeWM is trained on it for how
-long, and how that model plans. ``lewm bench`` and ``lewm demo`` read them; nothing else types
-these settings.
+long, and how that model plans. ``lewm bench`` reads them (``lewm demo`` keeps its own TwoRoom
+settings, whose measured results the README reports).
 
 Each env has two sizes:
 

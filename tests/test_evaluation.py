@@ -2,13 +2,20 @@ import json
 
 import gymnasium as gym
 import h5py
+import lewm_envs  # noqa: F401
 import numpy as np
 import pytest
 
-import lewm_envs  # noqa: F401
 from lewm_agent.cli import main
 from lewm_agent.data.store import EpisodeStore, EpisodeWriter
-from lewm_agent.evaluation import EpisodeSpec, Protocol, dataset_episodes, run_episodes, summarize, timing_stats
+from lewm_agent.evaluation import (
+    EpisodeSpec,
+    Protocol,
+    dataset_episodes,
+    run_episodes,
+    summarize,
+    timing_stats,
+)
 
 
 class PushRight:

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from lewm_agent.model import LeWM, PRESETS, SIGReg, preset_config
+from lewm_agent.model import PRESETS, LeWM, SIGReg, preset_config
 
 
 def test_paper_preset_has_the_official_parameter_count():
