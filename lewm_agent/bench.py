@@ -4,7 +4,8 @@ collect the recipe's training data -> collect held-out episodes (other seeds) ->
 LeWM, with the recipe's planner made the run's default -> optionally train GCBC on the same data ->
 ``lewm compare`` LeWM, the random floor, the scripted expert (the ceiling) and any extra agents on the
 paper's protocol. Every stage keeps its output in ``OUT/ENV``; running the same command again resumes
-where it stopped (collection appends, training resumes, agents already evaluated are kept).
+where it stopped (collection appends, training resumes, agents already evaluated are kept unless
+they changed since, such as a model trained further with ``--steps``).
 
     OUT/ENV/data/train.h5, data/eval.h5   the episode stores
     OUT/ENV/model/                        the LeWM run folder

@@ -136,6 +136,28 @@ def test_every_agent_kind_runs_on_the_same_episodes_and_counts_match(tmp_path, t
                 progress=False)
 
 
+def test_an_agent_trained_further_is_evaluated_again(tmp_path, tworoom_data, gcbc_run, monkeypatch, capsys):
+    # A stored result stands for the agent as it was: after more training (another describe(), here
+    # its training seconds) the comparison runs it again instead of keeping the stale number.
+    import shutil
+
+    runs = []
+    real = compare_module.run_episodes
+    monkeypatch.setattr(compare_module, "run_episodes", lambda policy, *a, **k: runs.append(policy) or real(policy, *a, **k))
+    run = tmp_path / "gcbc"
+    shutil.copytree(gcbc_run, run)
+    agents = ["random", f"bc={run}"]
+    first = compare(agents, tmp_path / "cmp", data=tworoom_data[1], protocol=PROTOCOL, videos=0, progress=False)
+    compare(agents, tmp_path / "cmp", data=tworoom_data[1], protocol=PROTOCOL, videos=0, progress=False)
+    assert len(runs) == 2  # nothing changed: nothing run again
+    train_gcbc(GCBCConfig(data=str(tworoom_data[0]), out=str(run), steps=6, batch_size=8, image_size=32,
+                          save_every=2, progress=False))
+    again = compare(agents, tmp_path / "cmp", data=tworoom_data[1], protocol=PROTOCOL, videos=0, progress=False)
+    assert len(runs) == 3 and "bc changed since" in capsys.readouterr().out
+    assert again["agents"]["bc"]["train_seconds"] != first["agents"]["bc"]["train_seconds"]
+    assert again["agents"]["random"] == json.loads(json.dumps(first["agents"]["random"]))
+
+
 def test_gcbc_resumes_exactly_and_acts_in_the_action_space(tmp_path, tworoom_data):
     cfg = dict(data=str(tworoom_data[0]), batch_size=8, image_size=32, save_every=2, progress=False)
     train_gcbc(GCBCConfig(out=str(tmp_path / "once"), steps=6, **cfg))

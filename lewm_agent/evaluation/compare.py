@@ -12,7 +12,8 @@ Every agent is loaded and checked against the env before any episode runs, then 
 :class:`lewm_agent.agent.Agent` protocol. The output folder gets ``results.json`` (per agent, per
 episode; rewritten after each agent), ``results.md``, ``compare.png`` and ``videos/episode_NN.mp4``
 (the agents side by side, in table order, then the goal). Running it again with the same protocol
-evaluates only the agents not yet in ``results.json``.
+evaluates only the agents not yet in ``results.json`` and those whose ``describe()`` changed since
+(trained further, another planner).
 """
 
 from __future__ import annotations
@@ -179,13 +180,16 @@ def compare(
     probe_env = make_env()
     try:  # every agent loads and fits the env before any episode runs
         loaded = {label: load_agent(kind, target, probe_env, env_id, protocol.seed, device, planner, env_kwargs)
-                  for label, kind, target in parsed if label not in report["agents"]}
+                  for label, kind, target in parsed}
     finally:
         probe_env.close()
     out.mkdir(parents=True, exist_ok=True)
     for label, kind, target in parsed:
-        if label not in loaded:
-            continue
+        if _unchanged(report["agents"].get(label), target, loaded[label].describe()):
+            continue  # evaluated here already, as it is now
+        if label in report["agents"]:
+            print(f"{label} changed since {out / 'results.json'} evaluated it (trained further, or another "
+                  "planner or model): evaluating it again", flush=True)
         timed = _Timed(loaded[label])
         results, frames = run_episodes(timed, make_env, specs, protocol.budget, desc=f"compare {label}",
                                        record=videos, progress=progress)
@@ -219,6 +223,15 @@ def _previous(path: Path, header: dict) -> dict:
                          "(or the same settings to add agents to it)")
     previous.setdefault("agents", {})
     return previous
+
+
+def _unchanged(previous: dict | None, spec: str, description: dict) -> bool:
+    """Whether a stored result is of this very agent: the same spec and the same ``describe()`` (a
+    retrained run has other training seconds, another planner another repr)."""
+    if previous is None or previous.get("spec") != spec:
+        return False
+    now = json.loads(json.dumps(description, default=_jsonable))
+    return all(previous.get(k) == v for k, v in now.items())
 
 
 def _cell(value, fmt: str = "{}", none: str = "-") -> str:
