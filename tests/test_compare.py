@@ -2,6 +2,7 @@
 that SB3 itself reloads, GCBC that resumes exactly, a resumable compare, and bad input refused early."""
 
 import json
+import shutil
 
 import gymnasium as gym
 import lewm_envs  # noqa: F401  (registers the lewm/ ids)
@@ -139,8 +140,6 @@ def test_every_agent_kind_runs_on_the_same_episodes_and_counts_match(tmp_path, t
 def test_an_agent_trained_further_is_evaluated_again(tmp_path, tworoom_data, gcbc_run, monkeypatch, capsys):
     # A stored result stands for the agent as it was: after more training (another describe(), here
     # its training seconds) the comparison runs it again instead of keeping the stale number.
-    import shutil
-
     runs = []
     real = compare_module.run_episodes
     monkeypatch.setattr(compare_module, "run_episodes", lambda policy, *a, **k: runs.append(policy) or real(policy, *a, **k))

@@ -69,16 +69,14 @@ class _TimeLimited:
 
 class _Make:
     """Picklable ``gym.make`` of a registered env. It carries the parent's spec, not just the id: a
-    worker started with ``spawn`` is a fresh interpreter whose registry holds neither ids the parent
-    registered at run time (a test, a notebook) nor the ``lewm/`` ids until ``lewm_envs`` is imported;
-    unpickling the spec imports its entry point's module."""
+    worker started with ``spawn`` is a fresh interpreter whose registry holds neither the ids the
+    parent registered at run time (a test, a notebook) nor the ``lewm/`` ids; ``gym.make(spec)``
+    needs no registry and imports the entry point's module itself."""
 
     def __init__(self, spec: gym.envs.registration.EnvSpec, kwargs: dict[str, Any]) -> None:
         self.spec, self.kwargs = spec, kwargs
 
     def __call__(self) -> gym.Env:
-        if self.spec.id.startswith("lewm/"):
-            import lewm_envs  # noqa: F401
         return gym.make(self.spec, **self.kwargs)
 
 

@@ -217,7 +217,7 @@ def _previous(path: Path, header: dict) -> dict:
     if not path.is_file():
         return {**header, "agents": {}}
     previous = json.loads(path.read_text())
-    same = json.loads(json.dumps(header, default=_jsonable))
+    same = _as_stored(header)
     if {k: previous.get(k) for k in same} != same:
         raise ValueError(f"{path.parent} holds a comparison on another env, protocol or data; use another --out "
                          "(or the same settings to add agents to it)")
@@ -230,8 +230,12 @@ def _unchanged(previous: dict | None, spec: str, description: dict) -> bool:
     retrained run has other training seconds, another planner another repr)."""
     if previous is None or previous.get("spec") != spec:
         return False
-    now = json.loads(json.dumps(description, default=_jsonable))
-    return all(previous.get(k) == v for k, v in now.items())
+    return all(previous.get(k) == v for k, v in _as_stored(description).items())
+
+
+def _as_stored(value):
+    """``value`` as ``results.json`` holds it (tuples as lists, arrays as lists, ...), for comparisons."""
+    return json.loads(json.dumps(value, default=_jsonable))
 
 
 def _cell(value, fmt: str = "{}", none: str = "-") -> str:
