@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lewm_agent.config import PRECISIONS
+from lewm_agent.config import GOAL_COSTS, PRECISIONS
 from lewm_agent.images import resize_images
 from lewm_agent.model import LeWM
 from lewm_agent.model.lewm import check_precision
 from lewm_agent.planning import PLANNERS, Planner, make_planner
-from lewm_agent.runs import Run
+from lewm_agent.runs import AGENT_KEYS, Run
 from lewm_agent.spaces import ActionCodec
 
 
@@ -85,6 +85,10 @@ class LeWMAgent(Agent):
         planner: a :class:`lewm_agent.planning.Planner`.
         horizon: planned action blocks per plan (paper: 5).
         receding_horizon: blocks executed before replanning (paper: 5, the whole plan).
+        goal_cost: what a candidate plan is scored by: ``"terminal"`` (paper), the distance of the
+            last predicted embedding to the goal's; ``"min"``, the distance of the closest predicted
+            block boundary, which scores a plan that reaches the goal early and drifts off as well
+            as one arriving at the end (the protocol's episodes end at the first success).
         device: where the model runs.
         precision: ``"fp32"`` or ``"bf16"``, the imagined rollouts' arithmetic (see
             :meth:`LeWM.rollout`); bf16 plans several times faster on CPUs with native bf16 and on GPUs.
@@ -99,6 +103,7 @@ class LeWMAgent(Agent):
         planner: Planner,
         horizon: int = 5,
         receding_horizon: int = 5,
+        goal_cost: str = GOAL_COSTS[0],
         device: str | torch.device = "cpu",
         precision: str = PRECISIONS[0],
         compile: bool = False,
@@ -106,6 +111,8 @@ class LeWMAgent(Agent):
         check_precision(precision)  # before any planning, not at the first rollout
         if not 1 <= receding_horizon <= horizon:
             raise ValueError(f"receding_horizon must be in [1, horizon={horizon}], got {receding_horizon}")
+        if goal_cost not in GOAL_COSTS:
+            raise ValueError(f"goal_cost must be one of {list(GOAL_COSTS)}, got {goal_cost!r}")
         if codec.spec.feature_dim != model.config.action_dim:
             raise ValueError(
                 f"the action codec describes {codec.spec.feature_dim}-wide actions but the model was built "
@@ -115,7 +122,7 @@ class LeWMAgent(Agent):
         if compile:
             self.model.compile_rollout()
         self.codec, self.planner = codec, planner
-        self.horizon, self.receding_horizon = horizon, receding_horizon
+        self.horizon, self.receding_horizon, self.goal_cost = horizon, receding_horizon, goal_cost
         self.device = torch.device(device)
         self.precision = precision
         self.frameskip = model.config.action_block
@@ -143,7 +150,7 @@ class LeWMAgent(Agent):
         """
         model, codec, config = Run(run_dir).load(device=device)
         agent_settings = {**config.get("agent", {})}
-        for key in ("horizon", "receding_horizon"):
+        for key in AGENT_KEYS:
             if key in planner_overrides:
                 agent_settings[key] = planner_overrides.pop(key)
         if not isinstance(planner, Planner):
@@ -226,6 +233,7 @@ class LeWMAgent(Agent):
     def describe(self) -> dict:
         data, train = self.run_config.get("data", {}), self.run_config.get("train", {})
         return {**super().describe(), "kind": "lewm", "planner": repr(self.planner),
+                "horizon": self.horizon, "receding_horizon": self.receding_horizon, "goal_cost": self.goal_cost,
                 "offline_transitions": data.get("train_transitions") or _train_transitions(data, train),
                 "train_seconds": train.get("seconds"), "parameters": self.model.num_parameters()}
 
@@ -297,8 +305,10 @@ class LeWMAgent(Agent):
         rollout = self.model.rollout_with_grad if self.planner.needs_grad else self.model.rollout
 
         def cost(candidates: torch.Tensor) -> torch.Tensor:
-            final = rollout(emb_hist, act_hist, candidates, self.precision)[:, :, -1]
-            return (final - goal[:, None]).square().sum(-1)
+            predicted = rollout(emb_hist, act_hist, candidates, self.precision)  # [B, S, H, D]
+            if self.goal_cost == "terminal":
+                return (predicted[:, :, -1] - goal[:, None]).square().sum(-1)
+            return (predicted - goal[:, None, None]).square().sum(-1).amin(-1)
 
         init = None
         if all(m.warm_start is not None for m in mems):

@@ -75,7 +75,8 @@ def _eval(a) -> None:
 
     o = options_of(a, EvalConfig)
     overrides = {"precision": o.pop("precision"), "compile": o.pop("compile")}
-    for option, setting in (("samples", "num_samples"), ("iterations", "iterations")):
+    for option, setting in (("samples", "num_samples"), ("iterations", "iterations"), ("horizon", "horizon"),
+                            ("receding_horizon", "receding_horizon"), ("goal_cost", "goal_cost")):
         if o[option] is not None:
             overrides[setting] = o[option]
         del o[option]

@@ -19,6 +19,7 @@ from lewm_agent.checks import check_float, check_int
 from lewm_agent.options import option
 
 PRECISIONS = ("fp32", "bf16")  # rollout arithmetic while planning, see LeWM.rollout; the first is the default
+GOAL_COSTS = ("terminal", "min")  # how a plan is scored: see LeWMAgent's goal_cost
 
 
 @dataclass
@@ -193,6 +194,11 @@ class EvalConfig:
     planner: str | None = option(None, "cem | mppi | gradient | categorical_cem (default: the run's)")
     samples: int | None = option(None, "planner samples per iteration (default: the planner's)")
     iterations: int | None = option(None, "planner iterations (default: the planner's)")
+    horizon: int | None = option(None, "action blocks per plan (default: the run's, else 5)")
+    receding_horizon: int | None = option(None, "blocks executed before replanning (default: the run's, else 5)")
+    goal_cost: str | None = option(None, "terminal (paper: the last predicted block's distance to the goal) | "
+                                         "min (the closest predicted block's) (default: the run's, else terminal)",
+                                   choices=GOAL_COSTS)
     precision: str = option(PRECISIONS[0], "rollout arithmetic while planning (bf16: faster on CPUs with "
                                            "native bf16 and on GPUs)", choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the rollout: faster plans after a one-off compile (up to a "

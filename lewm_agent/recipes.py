@@ -93,8 +93,11 @@ RECIPES: dict[str, dict[str, Recipe]] = {
         "cpu": Recipe(
             "lewm/Reacher-v0",
             why="Two joint angles drive the frames: a 16-d latent as for TwoRoom; the noisy PD expert covers "
-                "the joint space.",
+                "the joint space. Success needs both joints within 0.05 rad at some step: plans are scored by "
+                "their closest predicted block (goal_cost 'min') and only the first block is executed before "
+                "replanning, which corrects the model's error as the arm closes in (42% -> 88%).",
             model_overrides={"embed_dim": 16}, planner="mppi",
+            agent_settings={"goal_cost": "min", "receding_horizon": 1},
         ),
         "paper": Recipe("lewm/Reacher-v0", why="Official: 10,000 episodes of 200 steps.",
                         train_episodes=10_000, eval_episodes=1000, **_PAPER),
@@ -103,10 +106,13 @@ RECIPES: dict[str, dict[str, Recipe]] = {
         "cpu": Recipe(
             "lewm/MiniGrid-MultiRoom-v0",
             why="Discrete actions: the BFS expert taking a random action half of the time, so episodes are long "
-                "enough for the 25-step goals and cover turns and bumps; categorical CEM plans the blocks. "
-                "Frames without the goal cell (show_goal=False), so a stored frame is a goal image for any start.",
+                "enough for the 25-step goals and cover turns and bumps; categorical CEM plans the steps. "
+                "Frames without the goal cell (show_goal=False), so a stored frame is a goal image for any start. "
+                "Frameskip 1: a block of 5 turns and moves is one prediction the model gets wrong too often "
+                "(18% -> 36%); 12 steps planned, 6 executed, plans scored by their closest step (-> 44%).",
             env_kwargs={"show_goal": False}, policy="expert:0.5", model_overrides={"embed_dim": 16},
-            planner="categorical_cem",
+            frameskip=1, planner="categorical_cem",
+            agent_settings={"horizon": 12, "receding_horizon": 6, "goal_cost": "min"},
         ),
         "paper": Recipe("lewm/MiniGrid-MultiRoom-v0", why="No official MiniGrid setup: the paper's sizes.",
                         env_kwargs={"show_goal": False}, policy="expert:0.5", train_episodes=10_000, eval_episodes=1000,

@@ -45,7 +45,7 @@ from lewm_agent.utils import pick_device
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-AGENT_KEYS = ("horizon", "receding_horizon")
+AGENT_KEYS = ("horizon", "receding_horizon", "goal_cost")
 # Settings that change what a training step computes: a run resumes only with the same values and
 # preset (epochs / steps may grow; device, workers and logging may change).
 RESUME_KEYS = ("batch_size", "lr", "weight_decay", "warmup", "grad_clip", "seed", "split_seed",
@@ -172,16 +172,11 @@ class Run:
              agent: dict | None = None, planner: dict | None = None) -> Path:
         """Write ``model`` (a ``LeWM``) and its description, creating the folder if needed.
 
-        ``agent`` (``horizon``, ``receding_horizon``) and ``planner`` (``name`` and arguments) are the
+        ``agent`` (``horizon``, ``receding_horizon``, ``goal_cost``) and ``planner`` (``name`` and arguments) are the
         settings :meth:`LeWMAgent.load` starts from; left out, it uses its own defaults. Weights are
         written before the config, so a complete ``config.json`` never points at missing weights.
         """
-        bad = sorted(set(agent or {}) - set(AGENT_KEYS))
-        if bad:
-            raise ValueError(f"agent settings {bad} are not agent settings {AGENT_KEYS}; planner arguments "
-                             "go in the planner section")
-        if planner is not None and "name" not in planner:
-            raise ValueError("the planner section needs a 'name' (e.g. {'name': 'cem', 'num_samples': 300})")
+        _check_sections(agent, planner)
         self.path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         step = str((train or {}).get("step", ""))
@@ -205,6 +200,7 @@ class Run:
     def set_defaults(self, agent: dict | None = None, planner: dict | None = None) -> None:
         """Make ``planner`` (``{"name": ..., settings}``) and ``agent`` (horizons) the run's defaults for
         ``LeWMAgent.load``; training keeps them when it resumes."""
+        _check_sections(agent, planner)
         config = self.read_config()
         if agent is not None:
             config["agent"] = dict(agent)
@@ -397,3 +393,13 @@ class Run:
         lines.append("  planner:    " + (", ".join(f"{k}={v}" for k, v in planner.items()) if planner
                                          else "defaults (cem, or categorical_cem for discrete actions)"))
         return "\n".join(lines)
+
+
+def _check_sections(agent: dict | None, planner: dict | None) -> None:
+    """Refuse agent sections with other keys than AGENT_KEYS and planner sections without a name."""
+    bad = sorted(set(agent or {}) - set(AGENT_KEYS))
+    if bad:
+        raise ValueError(f"agent settings {bad} are not agent settings {AGENT_KEYS}; planner arguments "
+                         "go in the planner section")
+    if planner is not None and "name" not in planner:
+        raise ValueError("the planner section needs a 'name' (e.g. {'name': 'cem', 'num_samples': 300})")

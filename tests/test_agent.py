@@ -169,3 +169,41 @@ def test_compiled_rollout_plans_like_the_eager_one(run_dir):
     grad_agent = LeWMAgent.load(run_dir, device="cpu", planner="gradient", compile=True, iterations=2)
     assert env.action_space.contains(grad_agent.act(env.reset(seed=1)[0]))
     assert not compiled.model.compile_rollout(False).rollout_compiled
+
+
+@pytest.mark.parametrize("goal_cost", ["terminal", "min"])
+def test_goal_cost_scores_the_last_or_the_closest_predicted_block(run_dir, goal_cost):
+    """"terminal" (paper) scores a plan by its last predicted embedding; "min" by the block boundary
+    closest to the goal, so a plan passing through the goal early scores as well as one ending there."""
+    agent = LeWMAgent.load(run_dir, device="cpu", goal_cost=goal_cost, **FAST_PLANNER)
+    seen = {}
+    plan = agent.planner.plan
+
+    def recording_plan(cost_fn, batch_size, horizon, action_dim, **kwargs):
+        seen["cost_fn"], seen["shape"] = cost_fn, (batch_size, horizon, action_dim)
+        return plan(cost_fn, batch_size, horizon, action_dim, **kwargs)
+
+    agent.planner.plan = recording_plan
+    env = gym.make("lewm/TwoRoom-v0", image_size=64)
+    obs, _ = env.reset(seed=0)
+    agent.act(obs)
+    batch, horizon, action_dim = seen["shape"]
+    candidates = torch.randn(batch, 6, horizon, action_dim, generator=torch.Generator().manual_seed(0))
+    mem = agent._memory[0]
+    with torch.no_grad():
+        emb = agent.model.encode(torch.stack(mem.frames)[None])
+        predicted = agent.model.rollout(emb, torch.zeros(1, 0, action_dim), candidates)
+    distances = (predicted - mem.goal_emb).square().sum(-1)  # [1, 6, horizon]
+    expected = distances[..., -1] if goal_cost == "terminal" else distances.amin(-1)
+    torch.testing.assert_close(seen["cost_fn"](candidates), expected)
+    assert not torch.allclose(distances[..., -1], distances.amin(-1))  # the two costs do differ here
+    assert agent.describe()["goal_cost"] == goal_cost
+
+
+def test_goal_cost_is_a_stored_agent_setting(run_dir):
+    Run(run_dir).set_defaults(agent={"goal_cost": "min", "receding_horizon": 1})
+    agent = LeWMAgent.load(run_dir, device="cpu", **FAST_PLANNER)
+    assert (agent.goal_cost, agent.receding_horizon) == ("min", 1)
+    assert LeWMAgent.load(run_dir, device="cpu", goal_cost="terminal").goal_cost == "terminal"
+    with pytest.raises(ValueError, match="goal_cost must be one of"):
+        LeWMAgent.load(run_dir, device="cpu", goal_cost="sum")

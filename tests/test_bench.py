@@ -100,3 +100,11 @@ def test_every_other_recipe_runs_end_to_end_at_a_tiny_size(tmp_path, name):
     report = _bench(tmp_path, name)
     assert set(report["results"]) == {"LeWM", "random", "expert"}
     assert report["results"]["LeWM"]["episodes"] == TINY_PROTOCOL.episodes
+    # The recipe's agent settings (horizon, replanning, goal cost) are what the benched agent plans with.
+    from lewm_agent.agent import LeWMAgent
+
+    agent = LeWMAgent.load(tmp_path / name / "model", device="cpu")
+    recipe = get_recipe(name)
+    for key, value in recipe.agent_settings.items():
+        assert getattr(agent, key) == value, key
+    assert agent.frameskip == recipe.frameskip

@@ -111,3 +111,16 @@ def test_collect_forwards_env_kwargs_and_names_a_wrong_one(tmp_path, capsys):
     assert main(["collect", "lewm/TwoRoom-v0", "--episodes", "1", "--out", str(tmp_path / "x.h5"),
                  "--env-kwarg", "goal_rom=other"]) == 2
     assert "goal_rom" in capsys.readouterr().err and not (tmp_path / "x.h5").exists()
+
+
+def test_eval_passes_the_agent_settings_to_the_agent(monkeypatch):
+    import lewm_agent.evaluation as evaluation
+
+    seen = {}
+    monkeypatch.setattr(evaluation, "evaluate", lambda run_dir, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(evaluation, "markdown_table", lambda report: "")
+    assert main(["eval", "run", "--goal-cost", "min", "--receding-horizon", "1", "--samples", "64"]) == 0
+    assert (seen["goal_cost"], seen["receding_horizon"], seen["num_samples"]) == ("min", 1, 64)
+    assert "horizon" not in seen  # options left out keep the run's settings
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "run", "--goal-cost", "sum"])
