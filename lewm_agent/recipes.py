@@ -108,7 +108,7 @@ RECIPES: dict[str, dict[str, Recipe]] = {
             why="Discrete actions: the BFS expert taking a random action half of the time, so episodes are long "
                 "enough for the 25-step goals and cover turns and bumps; categorical CEM plans the steps. "
                 "Frames without the goal cell (show_goal=False), so a stored frame is a goal image for any start. "
-                "Frameskip 1: a block of 5 turns and moves is one prediction the model gets wrong too often "
+                "Frameskip 1: one action per model step instead of a block of 5 (one of 243 sequences) "
                 "(18% -> 36%); 12 steps planned, 6 executed, plans scored by their closest step (-> 44%).",
             env_kwargs={"show_goal": False}, policy="expert:0.5", model_overrides={"embed_dim": 16},
             frameskip=1, planner="categorical_cem",
