@@ -75,11 +75,10 @@ def _eval(a) -> None:
 
     o = options_of(a, EvalConfig)
     overrides = {"precision": o.pop("precision"), "compile": o.pop("compile")}
-    for option, setting in (("samples", "num_samples"), ("iterations", "iterations"), ("horizon", "horizon"),
-                            ("receding_horizon", "receding_horizon"), ("goal_cost", "goal_cost")):
-        if o[option] is not None:
-            overrides[setting] = o[option]
-        del o[option]
+    for option in ("samples", "iterations", "horizon", "receding_horizon", "goal_cost"):  # given ones only
+        value = o.pop(option)
+        if value is not None:
+            overrides["num_samples" if option == "samples" else option] = value
     if overrides["compile"]:
         print("--compile: the first plan of each new shape compiles the rollout first (about a minute each "
               "with torch's compile cache cold, seconds when warm)", flush=True)
