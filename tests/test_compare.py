@@ -157,6 +157,25 @@ def test_an_agent_trained_further_is_evaluated_again(tmp_path, tworoom_data, gcb
     assert again["agents"]["random"] == json.loads(json.dumps(first["agents"]["random"]))
 
 
+def test_a_moved_comparison_keeps_its_results_and_other_data_is_refused(tmp_path, tworoom_data, monkeypatch):
+    runs = []
+    real = compare_module.run_episodes
+    monkeypatch.setattr(compare_module, "run_episodes", lambda policy, *a, **k: runs.append(policy) or real(policy, *a, **k))
+    compare(["random", "expert"], tmp_path / "a" / "cmp", data=tworoom_data[1], protocol=PROTOCOL, videos=0,
+            progress=False)
+    shutil.copytree(tmp_path / "a" / "cmp", tmp_path / "b" / "cmp")
+    shutil.copy(tworoom_data[1], tmp_path / "b" / "held.h5")
+    moved = compare(["random", "expert"], tmp_path / "b" / "cmp", data=tmp_path / "b" / "held.h5", protocol=PROTOCOL,
+                    videos=0, progress=False)
+    assert len(runs) == 2  # the same episodes in another place: nothing evaluated again
+    assert moved["data"] == str((tmp_path / "b" / "held.h5").resolve())
+    # Other episodes under the same name are other data.
+    (tmp_path / "b" / "held.h5").unlink()
+    collect(TWOROOM, 6, policy="expert:0.5", out=tmp_path / "b" / "held.h5", seed=7, progress=False)
+    with pytest.raises(ValueError, match="another env, protocol or data"):
+        compare(["random"], tmp_path / "b" / "cmp", data=tmp_path / "b" / "held.h5", protocol=PROTOCOL, progress=False)
+
+
 def test_gcbc_resumes_exactly_and_acts_in_the_action_space(tmp_path, tworoom_data):
     cfg = dict(data=str(tworoom_data[0]), batch_size=8, image_size=32, save_every=2, progress=False)
     train_gcbc(GCBCConfig(out=str(tmp_path / "once"), steps=6, **cfg))

@@ -18,6 +18,7 @@ until the ``h5clear`` tool is run on them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -465,6 +466,14 @@ class EpisodeStore:
         # h5py wants increasing, unique indices; read those once and map back.
         unique, inverse = np.unique(idx, return_inverse=True)
         return ds[unique][inverse.reshape(idx.shape)]
+
+    def digest(self) -> str:
+        """SHA-256 of the episode index and every action row: names the episodes this file holds
+        wherever it lies (a copied or moved store keeps its digest; another collection gets another)."""
+        h = hashlib.sha256()
+        for column in (self.ep_len, self.ep_offset, self._dataset("action")[:]):
+            h.update(np.ascontiguousarray(column).tobytes())
+        return h.hexdigest()
 
     def episode(self, i: int, columns: list[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """All rows of episode ``i`` (negative counts from the end) for the given (default: all) columns."""

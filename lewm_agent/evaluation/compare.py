@@ -166,15 +166,16 @@ def compare(
             if store.env_id and store.env_id != env_id:
                 raise ValueError(f"{data} holds episodes of {store.env_id}, not {env_id}: pass held-out data of {env_id}")
             specs, mode = dataset_episodes(store, protocol), "dataset"
+            digest = store.digest()
             image_size = int(store.read("pixels", 0).shape[0])
             env_kwargs = store.env_kwargs if env_kwargs is None else env_kwargs
     else:
-        specs, mode = env_episodes(protocol), "env-sampled"
+        specs, mode, digest = env_episodes(protocol), "env-sampled", None
         image_size = 64
     env_kwargs = env_kwargs or {}
     out = Path(out)
     header = {"env_id": env_id, "env_kwargs": env_kwargs, "mode": mode, "data": str(Path(data).resolve()) if data else None,
-              "image_size": image_size, "protocol": protocol.to_dict(), "episodes": [s.source for s in specs]}
+              "data_digest": digest, "image_size": image_size, "protocol": protocol.to_dict(), "episodes": [s.source for s in specs]}
     report = _previous(out / "results.json", header)
     make_env = make_env_factory(env_id, image_size, **env_kwargs)
     probe_env = make_env()
@@ -218,11 +219,14 @@ def _previous(path: Path, header: dict) -> dict:
         return {**header, "agents": {}}
     previous = json.loads(path.read_text())
     same = _as_stored(header)
+    # The data are the same episodes when their digests agree, wherever the file lies now (a moved
+    # folder); reports written before digests were stored can only compare paths.
+    same.pop("data" if "data_digest" in previous else "data_digest")
     if {k: previous.get(k) for k in same} != same:
         raise ValueError(f"{path.parent} holds a comparison on another env, protocol or data; use another --out "
                          "(or the same settings to add agents to it)")
     previous.setdefault("agents", {})
-    return previous
+    return {**previous, **header}  # the data's path as it is now
 
 
 def _unchanged(previous: dict | None, spec: str, description: dict) -> bool:
