@@ -317,6 +317,7 @@ class LeWMAgent(Agent):
             cost, len(mems), self.horizon, act_dim, init=init, low=self._low, high=self._high,
             # Fresh noise for every replan, yet a row's plan does not depend on which others it is batched with.
             seeds=[hash((self._seed, r, m.plans)) & 0x7FFFFFFF for m, r in zip(mems, rows)],
+            action_block=self.model.config.action_block,
         ).cpu()
         step_dim = self.model.config.action_dim
         for mem, p in zip(mems, plan):

@@ -25,3 +25,11 @@ def check_float(name: str, value: object, positive: bool = True) -> float:
     if value == float("inf") or (value <= 0 if positive else value < 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value}")
     return float(value)
+
+
+def check_share(name: str, value: object) -> float:
+    """``value`` as a float in [0, 1], or a ValueError naming the setting."""
+    value = check_float(name, value, positive=False)
+    if value > 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value

@@ -75,7 +75,7 @@ def _eval(a) -> None:
 
     o = options_of(a, EvalConfig)
     overrides = {"precision": o.pop("precision"), "compile": o.pop("compile")}
-    for option in ("samples", "iterations", "horizon", "receding_horizon", "goal_cost"):  # given ones only
+    for option in ("samples", "iterations", "block_noise", "horizon", "receding_horizon", "goal_cost"):  # given ones only
         value = o.pop(option)
         if value is not None:
             overrides["num_samples" if option == "samples" else option] = value

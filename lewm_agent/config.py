@@ -194,6 +194,8 @@ class EvalConfig:
     planner: str | None = option(None, "cem | mppi | gradient | categorical_cem (default: the run's)")
     samples: int | None = option(None, "planner samples per iteration (default: the planner's)")
     iterations: int | None = option(None, "planner iterations (default: the planner's)")
+    block_noise: float | None = option(None, "cem / mppi: share of the sampling noise common to the env steps of "
+                                             "an action block (0: the paper's independent noise; default: the run's)")
     horizon: int | None = option(None, "action blocks per plan (default: the run's, else 5)")
     receding_horizon: int | None = option(None, "blocks executed before replanning (default: the run's, else 5)")
     goal_cost: str | None = option(None, "terminal (paper: the last predicted block's distance to the goal) | "

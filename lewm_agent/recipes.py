@@ -82,9 +82,11 @@ RECIPES: dict[str, dict[str, Recipe]] = {
             why="Goals in the other room, as in the official data. The noisy expert (std 1 on [-1, 1]) like "
                 "the official 'noisy heuristic': with clean actions the planner finds sequences the model never "
                 "saw. A 16-d latent: the frames vary in two dimensions only, and SIGReg spreads them over every "
-                "latent dimension. MPPI keeps its sampling std at 1 where CEM collapses onto the nearest basin.",
+                "latent dimension. MPPI keeps its sampling std at 1 where CEM collapses onto the nearest basin. "
+                "One noise draw per action block (block_noise 1): a sampled block moves the agent as far as a "
+                "constant action, so plans reach the goal's basin across the flat latent landscape (76% -> 96%).",
             env_kwargs={"goal_room": "other"}, train_episodes=1500, model_overrides={"embed_dim": 16},
-            planner="mppi",
+            planner="mppi", planner_settings={"block_noise": 1.0},
         ),
         "paper": Recipe("lewm/TwoRoom-v0", why="Official: 10,000 noisy-heuristic episodes through the door.",
                         env_kwargs={"goal_room": "other"}, train_episodes=10_000, eval_episodes=1000, **_PAPER),
@@ -95,8 +97,9 @@ RECIPES: dict[str, dict[str, Recipe]] = {
             why="Two joint angles drive the frames: a 16-d latent as for TwoRoom; the noisy PD expert covers "
                 "the joint space. Success needs both joints within 0.05 rad at some step: plans are scored by "
                 "their closest predicted block (goal_cost 'min') and only the first block is executed before "
-                "replanning, which corrects the model's error as the arm closes in (42% -> 88%).",
-            model_overrides={"embed_dim": 16}, planner="mppi",
+                "replanning, which corrects the model's error as the arm closes in (42% -> 88%); one noise "
+                "draw per action block as for TwoRoom (-> 96%).",
+            model_overrides={"embed_dim": 16}, planner="mppi", planner_settings={"block_noise": 1.0},
             agent_settings={"goal_cost": "min", "receding_horizon": 1},
         ),
         "paper": Recipe("lewm/Reacher-v0", why="Official: 10,000 episodes of 200 steps.",

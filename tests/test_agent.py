@@ -68,6 +68,21 @@ def test_batched_planning_equals_single_plans(run_dir):
         np.testing.assert_allclose(single_agent.act(rows)[i], batched[i], atol=1e-5)
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_block_noise_reaches_the_planner_with_the_models_action_block(run_dir, share):
+    # MPPI's plan is a weighted mean of its candidates: with the whole noise shared by a block's five
+    # env steps, every candidate, and so the plan, repeats one action through each block.
+    agent = LeWMAgent.load(run_dir, device="cpu", planner="mppi", block_noise=share, **FAST_PLANNER)
+    env = gym.make("lewm/TwoRoom-v0", image_size=64)
+    obs, _ = env.reset(seed=0)
+    actions = []
+    for _ in range(5):
+        actions.append(agent.act(obs))
+        obs, *_ = env.step(actions[-1])
+    assert agent.planner.block_noise == share
+    assert np.allclose(actions, actions[0]) == (share == 1.0)
+
+
 def test_sb3_evaluate_policy_runs_on_the_agent(run_dir):
     from stable_baselines3.common.evaluation import evaluate_policy
 

@@ -20,10 +20,11 @@ TINY_PROTOCOL = Protocol(episodes=2, goal_offset=5, budget=5)
 
 
 def tiny(name: str):
-    """The recipe of ``name`` shrunk to seconds: same env, env kwargs, policy, preset and planner."""
+    """The recipe of ``name`` shrunk to seconds: same env, env kwargs, policy, preset and planner (its
+    settings too, but for fewer samples and iterations)."""
     r = get_recipe(name)
     return r.with_overrides(train_episodes=4, eval_episodes=3, max_episode_steps=30, steps=2, batch_size=4,
-                            planner_settings=TINY_PLANNER[r.planner])
+                            planner_settings={**r.planner_settings, **TINY_PLANNER[r.planner]})
 
 
 def test_every_recipe_has_both_sizes_and_valid_settings():
@@ -77,6 +78,7 @@ def test_tworoom_bench_end_to_end_and_resume(tmp_path, capsys):
     assert config["data"]["env_kwargs"] == {"goal_room": "other"}
     agent = LeWMAgent.load(out / "model", device="cpu")
     assert type(agent.planner).__name__ == "MPPI" and agent.planner.num_samples == 8
+    assert agent.planner.block_noise == get_recipe("tworoom").planner_settings["block_noise"]
     assert json.loads((out / "compare" / "results.json").read_text())["env_kwargs"] == {"goal_room": "other"}
     assert (out / "compare" / "results.md").is_file() and (out / "bench.json").is_file()
     # Again: nothing is collected, trained or evaluated twice.
@@ -107,4 +109,6 @@ def test_every_other_recipe_runs_end_to_end_at_a_tiny_size(tmp_path, name):
     recipe = get_recipe(name)
     for key, value in recipe.agent_settings.items():
         assert getattr(agent, key) == value, key
+    for key, value in recipe.planner_settings.items():
+        assert getattr(agent.planner, key) == value, key
     assert agent.frameskip == recipe.frameskip

@@ -119,8 +119,9 @@ def test_eval_passes_the_agent_settings_to_the_agent(monkeypatch):
     seen = {}
     monkeypatch.setattr(evaluation, "evaluate", lambda run_dir, **kw: seen.update(kw) or {})
     monkeypatch.setattr(evaluation, "markdown_table", lambda report: "")
-    assert main(["eval", "run", "--goal-cost", "min", "--receding-horizon", "1", "--samples", "64"]) == 0
-    assert (seen["goal_cost"], seen["receding_horizon"], seen["num_samples"]) == ("min", 1, 64)
+    assert main(["eval", "run", "--goal-cost", "min", "--receding-horizon", "1", "--samples", "64",
+                 "--block-noise", "0.5"]) == 0
+    assert (seen["goal_cost"], seen["receding_horizon"], seen["num_samples"], seen["block_noise"]) == ("min", 1, 64, 0.5)
     assert "horizon" not in seen  # options left out keep the run's settings
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "run", "--goal-cost", "sum"])

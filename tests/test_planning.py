@@ -142,6 +142,32 @@ def test_init_shorter_than_horizon_is_zero_padded():
     torch.testing.assert_close(cost.calls[0][0][0, 0], torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
 
 
+@pytest.mark.parametrize("cls", [CEM, MPPI])
+def test_block_noise_shares_a_blocks_perturbation_between_its_env_steps(cls):
+    block, step = 5, 2
+    zero = lambda x: x.sum(dim=(-1, -2)) * 0  # noqa: E731
+    draws = {}
+    for share in (0.0, 0.5, 1.0):
+        cost = recording(zero)
+        cls(num_samples=2001, iterations=1, block_noise=share).plan(cost, 1, H, block * step, action_block=block)
+        eps = cost.calls[0][0][0, 1:].unflatten(-1, (block, step))  # [S - 1, H, block, step] around a zero mean
+        draws[share] = eps
+        assert abs(eps.var().item() - 1) < 0.05  # unit variance whatever is shared
+        first, second = eps[..., 0, :].flatten(), eps[..., 1, :].flatten()
+        corr = torch.corrcoef(torch.stack([first, second]))[0, 1].item()
+        assert abs(corr - share) < 0.06  # env steps of a block correlate by the shared share
+    assert torch.equal(draws[1.0], draws[1.0][..., :1, :].expand_as(draws[1.0]))  # one draw per block
+    # Share 0 draws what the planner drew before the setting existed: the same generator calls.
+    gen = torch.Generator().manual_seed(0)
+    expected = torch.randn(1, 2000, H, block * step, generator=gen)[0].unflatten(-1, (block, step))
+    torch.testing.assert_close(draws[0.0], expected)
+
+
+def test_block_noise_needs_a_block_that_divides_the_features():
+    with pytest.raises(ValueError, match="action_block"):
+        CEM(block_noise=1.0).plan(quadratic(TARGET), 1, H, A, action_block=3)
+
+
 def test_categorical_finds_best_sequence():
     n, block = 4, 2
     best = torch.tensor([[1, 3], [0, 2], [3, 3]])  # [H, block]
@@ -226,6 +252,8 @@ def test_settings_round_trip_through_make_planner():
         ("adam", {"lr": 0}, "lr"),
         ("categorical_cem", {}, "n_actions"),
         ("categorical_cem", {"n_actions": 3, "smoothing": -0.1}, "smoothing"),
+        ("cem", {"block_noise": 1.5}, "block_noise"),
+        ("mppi", {"block_noise": -0.1}, "block_noise"),
     ],
 )
 def test_bad_settings_raise(name, settings, match):

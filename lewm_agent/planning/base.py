@@ -37,6 +37,7 @@ class Problem:
     low: Tensor | None  # [action_dim]
     high: Tensor | None  # [action_dim]
     generators: list[torch.Generator]  # one per row, or a single one shared by the batch
+    action_block: int = 1  # env steps per planned step: action_dim = action_block * one env step's features
 
     @property
     def device(self) -> torch.device:
@@ -104,6 +105,7 @@ class Planner:
         low: Tensor | None = None,
         high: Tensor | None = None,
         seeds: Sequence[int] | None = None,
+        action_block: int = 1,
     ) -> Tensor:
         """Minimise ``cost_fn`` and return the plans, ``[batch_size, horizon, action_dim]``.
 
@@ -117,8 +119,13 @@ class Planner:
             low, high: bounds ``[action_dim]`` (or scalars), either may be None. Candidates are clamped
                 to them and the returned plan respects them.
             seeds: one int per row; row i then equals a single plan with ``seeds=[seeds[i]]``.
+            action_block: env steps per planned step, dividing ``action_dim``: the features of one
+                step are ``action_block`` env actions end to end (CEM's and MPPI's ``block_noise``).
         """
         problem = self._problem(batch_size, horizon, action_dim, init, low, high, seeds)
+        problem.action_block = check_int("action_block", action_block)
+        if action_dim % problem.action_block:
+            raise ValueError(f"action_block ({action_block}) must divide action_dim ({action_dim})")
         if self.needs_grad:
             with torch.inference_mode(False), torch.enable_grad():
                 return self._solve(cost_fn, problem).detach()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lewm_agent.checks import check_float, check_int
+from lewm_agent.checks import check_float, check_int, check_share
 
 from .base import CostFn, Planner, Problem, evaluate, select_elites
 from .cem import sample_around
@@ -32,6 +32,8 @@ class MPPI(Planner):
         topk: candidates that enter the weighted average (None = all).
         update_std: refit the std from the weighted candidates each iteration.
         min_std: floor of the refitted std.
+        block_noise: share of the noise common to the env steps of a block, as for
+            :class:`~lewm_agent.planning.CEM` (0: independent, as in stable-worldmodel).
         seed, device: as for :class:`~lewm_agent.planning.CEM`.
     """
 
@@ -46,6 +48,7 @@ class MPPI(Planner):
         topk: int | None = 30,
         update_std: bool = False,
         min_std: float = 0.05,
+        block_noise: float = 0.0,
         seed: int = 0,
         device: str | torch.device | None = None,
     ):
@@ -61,13 +64,14 @@ class MPPI(Planner):
             raise ValueError(f"update_std must be True or False, got {update_std!r}")
         self.update_std = update_std
         self.min_std = check_float("min_std", min_std, positive=False)
+        self.block_noise = check_share("block_noise", block_noise)
 
     def _solve(self, cost_fn: CostFn, p: Problem) -> Tensor:
         mean = p.init
         std = torch.full_like(mean, self.init_std)
         k = self.topk or self.num_samples
         for _ in range(self.iterations):
-            candidates = sample_around(p, mean, std, self.num_samples)
+            candidates = sample_around(p, mean, std, self.num_samples, self.block_noise)
             costs = evaluate(cost_fn, candidates)
             chosen, chosen_costs = select_elites(candidates, costs, k)
             weights = torch.softmax(-chosen_costs / self.temperature, dim=1)[:, :, None, None]
