@@ -132,7 +132,7 @@ def test_every_agent_kind_runs_on_the_same_episodes_and_counts_match(tmp_path, t
     again = compare(["random", "expert", str(ppo_zip), f"bc={gcbc_run}", "expert:0.5"], tmp_path / "cmp", data=held,
                     protocol=PROTOCOL, videos=2, progress=False)
     assert len(seen) == 1 and again["agents"]["expert"] == json.loads(json.dumps(expert))
-    with pytest.raises(ValueError, match="another env, protocol or data"):
+    with pytest.raises(ValueError, match="another env, protocol or data: its protocol, episodes differ"):
         compare(["random"], tmp_path / "cmp", data=held, protocol=Protocol(episodes=3, goal_offset=5, budget=8),
                 progress=False)
 
@@ -169,10 +169,17 @@ def test_a_moved_comparison_keeps_its_results_and_other_data_is_refused(tmp_path
                     videos=0, progress=False)
     assert len(runs) == 2  # the same episodes in another place: nothing evaluated again
     assert moved["data"] == str((tmp_path / "b" / "held.h5").resolve())
+    # A report written before digests were stored can only be matched by the data's path.
+    old = json.loads((tmp_path / "a" / "cmp" / "results.json").read_text())
+    del old["data_digest"]
+    (tmp_path / "c" / "cmp").mkdir(parents=True)
+    (tmp_path / "c" / "cmp" / "results.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="its data differ .*written before data digests"):
+        compare(["random"], tmp_path / "c" / "cmp", data=tmp_path / "b" / "held.h5", protocol=PROTOCOL, progress=False)
     # Other episodes under the same name are other data.
     (tmp_path / "b" / "held.h5").unlink()
     collect(TWOROOM, 6, policy="expert:0.5", out=tmp_path / "b" / "held.h5", seed=7, progress=False)
-    with pytest.raises(ValueError, match="another env, protocol or data"):
+    with pytest.raises(ValueError, match="another env, protocol or data: its data_digest"):
         compare(["random"], tmp_path / "b" / "cmp", data=tmp_path / "b" / "held.h5", protocol=PROTOCOL, progress=False)
 
 

@@ -222,9 +222,11 @@ def _previous(path: Path, header: dict) -> dict:
     # The data are the same episodes when their digests agree, wherever the file lies now (a moved
     # folder); reports written before digests were stored can only compare paths.
     same.pop("data" if "data_digest" in previous else "data_digest")
-    if {k: previous.get(k) for k in same} != same:
-        raise ValueError(f"{path.parent} holds a comparison on another env, protocol or data; use another --out "
-                         "(or the same settings to add agents to it)")
+    differ = [k for k in same if previous.get(k) != same[k]]
+    if differ:
+        was = "" if differ != ["data"] else f" (it evaluated {previous.get('data')}, written before data digests)"
+        raise ValueError(f"{path.parent} holds a comparison on another env, protocol or data: its {', '.join(differ)} "
+                         f"differ{was}; use another --out (or the same settings to add agents to it)")
     previous.setdefault("agents", {})
     return {**previous, **header}  # the data's path as it is now
 
