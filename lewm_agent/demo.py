@@ -47,12 +47,18 @@ class DemoConfig:
     # latent distance is flat; CEM's std shrinks onto the nearest basin. Same 1,500-step 16-d model,
     # same 50 episodes: MPPI 74%, CEM 50% (64-d model: 68% vs 18%). `planner="cem"` is the paper's.
     planner: str = option("mppi", "mppi | cem (the paper's) | gradient")
+    # One noise draw per action block (the paper's planners draw every env step independently: 0): a
+    # sampled block then moves the agent as far as a constant action instead of a random walk of 5
+    # steps, so plans reach the goal's basin across the flat latent distance.
+    block_noise: float = option(1.0, "mppi / cem: share of the sampling noise common to an action block's env "
+                                     "steps (0: the paper's)")
     planner_overrides: dict = field(default_factory=dict)  # e.g. {"num_samples": 100}; default: 300 x 30
 
 
 def run_demo(cfg: DemoConfig) -> dict:
     from lewm_agent.data.collector import collect
     from lewm_agent.evaluation import evaluate
+    from lewm_agent.runs import Run
     from lewm_agent.train import TrainConfig, train
 
     out = Path(cfg.out)
@@ -81,10 +87,13 @@ def run_demo(cfg: DemoConfig) -> dict:
             progress=cfg.progress, model_overrides=cfg.model_overrides,
         )
     )
+    # The demo's planner becomes the run's default: LeWMAgent.load(run) plans as evaluated here.
+    sampling = {"block_noise": cfg.block_noise} if cfg.planner in ("mppi", "cem") else {}
+    Run(run_dir).set_defaults(planner={"name": cfg.planner, **sampling, **cfg.planner_overrides})
     stage(f"4/4 evaluating: {cfg.eval_count} held-out start/goal pairs, LeWM ({cfg.planner}) vs random")
     report = evaluate(
         run_dir, data=eval_data, out=out / "eval", protocol=Protocol(episodes=cfg.eval_count), device=cfg.device,
-        planner=cfg.planner, progress=cfg.progress, **cfg.planner_overrides,
+        progress=cfg.progress,
     )
     lewm, rand = report["policies"]["LeWM"], report["policies"]["random"]
     stage(

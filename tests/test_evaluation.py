@@ -99,6 +99,12 @@ def test_demo_pipeline_end_to_end_at_tiny_size(tmp_path, capsys):
     assert (out / "plot.png").stat().st_size > 1000
     assert report["videos"] and all((tmp_path / "demo" / "eval").glob("episode_00.*"))
     assert "LeWM" in capsys.readouterr().out
+    # The run plans as the demo evaluated it, with no options given.
+    from lewm_agent.agent import LeWMAgent
+
+    agent = LeWMAgent.load(tmp_path / "demo" / "model", device="cpu")
+    assert type(agent.planner).__name__ == "MPPI" and agent.planner.num_samples == 16
+    assert agent.planner.block_noise == cfg.block_noise == 1.0
     # Running it again resumes: nothing is re-collected and training is already complete.
     with h5py.File(tmp_path / "demo" / "data" / "train.h5") as f:
         before = len(f["ep_len"])
