@@ -1,5 +1,5 @@
-"""The ``lewm`` command: collect | train | info | eval | baseline | gcbc | compare | bench | probe | surprise |
-import | demo.
+"""The ``lewm`` command: collect | train | info | eval | baseline | gcbc | compare | bench | probe | rollout |
+surprise | import | demo.
 
 Each subcommand is a thin layer over one Python function, so everything here is also scriptable. Its
 options are generated from the configuration dataclasses of :mod:`lewm_agent.config` (defaults and
@@ -20,6 +20,7 @@ from lewm_agent.config import (
     GCBCConfig,
     ProbeConfig,
     Protocol,
+    RolloutConfig,
     SurpriseConfig,
     TrainConfig,
 )
@@ -128,6 +129,12 @@ def _probe(a) -> None:
     print(probe_table(report))
 
 
+def _rollout(a) -> None:
+    from lewm_agent.analysis import rollout_error, rollout_table
+
+    print(rollout_table(rollout_error(a.run_dir, **options_of(a, RolloutConfig))))
+
+
 def _surprise(a) -> None:
     from lewm_agent.analysis import surprise_experiment, surprise_table
 
@@ -209,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quantity", action="append", metavar="NAME=COLUMN:I,J[@PERIOD]",
                     help="probe this instead of the env's own quantities (repeatable), e.g. agent=state:0,1")
     pr.set_defaults(fn=_probe)
+
+    ro = sub.add_parser("rollout", help="open-loop prediction error along recorded actions, 1 to N blocks ahead")
+    ro.add_argument("run_dir")
+    add_options(ro, RolloutConfig)
+    ro.set_defaults(fn=_rollout)
 
     s = sub.add_parser("surprise", help="surprise of paired unperturbed / teleported / recoloured episodes")
     s.add_argument("run_dir")

@@ -237,6 +237,18 @@ class SurpriseConfig:
     device: str = option("cpu", "torch device of the model")
 
 
+@dataclass
+class RolloutConfig:
+    """Open-loop rollouts along recorded actions; :func:`lewm_agent.analysis.rollout_error` defaults to these."""
+
+    data: str = option(MISSING, "episode store of the run's env (held out from training)")
+    blocks: int = option(10, "horizons reported: 1 to this many blocks ahead")
+    episodes: int = option(60, "episodes rolled out at most (those longer than the deepest horizon)")
+    seed: int = option(0, "seed of the episode draw and of the random frame pairs")
+    out: str | None = option(None, "output folder (default RUN/rollout)")
+    device: str = option("cpu", "torch device of the model")
+
+
 SB3_ALGOS = ("ppo", "sac")
 REWARDS = ("sparse", "dense")
 

@@ -116,6 +116,7 @@ class Run:
     EVAL = "eval"  # `lewm eval` output
     PROBE = "probe"  # `lewm probe` output
     SURPRISE = "surprise"  # `lewm surprise` output
+    ROLLOUT = "rollout"  # `lewm rollout` output
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

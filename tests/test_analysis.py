@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lewm_agent.analysis import SurpriseTracker, probe, surprise_experiment, surprise_series
+from lewm_agent.analysis import SurpriseTracker, probe, rollout_error, surprise_experiment, surprise_series
 from lewm_agent.analysis.probe import Quantity, cross_validated, env_quantities, episode_folds, scores
 from lewm_agent.data.store import EpisodeWriter
 from lewm_agent.model import LeWM
@@ -40,6 +40,46 @@ def write_store(path, episodes=6, length=12, env_id="lewm/TwoRoom-v0", state=Tru
                 cols["state"] = rng.uniform(0, 200, (length, 4)).astype(np.float32)
             w.add_episode(cols)
     return path
+
+
+# -- open-loop rollouts ---------------------------------------------------------------------------------
+
+
+def test_rollout_error_is_the_distance_of_the_imagined_to_the_encoded_frames(tmp_path):
+    model, codec = random_run(tmp_path / "run")
+    for block in model.predictor.blocks:  # AdaLN-zero blocks start as the identity: make them act
+        torch.nn.init.normal_(block.adaLN_modulation[1].weight, std=0.1)
+    Run(tmp_path / "run").save(model, codec, data={"env_id": "lewm/TwoRoom-v0", "frameskip": 5, "image_size": 32})
+    data = write_store(tmp_path / "data.h5", episodes=1, length=21)  # 4 blocks: starts 0 and 1 for 2 ahead
+    report = rollout_error(tmp_path / "run", data, blocks=2)
+    assert report["starts"] == 2 and [h["env_steps"] for h in report["horizons"]] == [5, 10]
+    with torch.no_grad():
+        from lewm_agent.data.store import EpisodeStore
+        from lewm_agent.images import resize_images
+
+        with EpisodeStore(data) as store:
+            ep = store.episode(0)
+        emb = model.encode(resize_images(ep["pixels"][::5], 32)[None])[0]
+        acts = codec.encode(ep["action"][:20]).reshape(4, -1)
+        # Start 1 sees the real frame and action before it, as the agent does when planning.
+        pred = [model.rollout(emb[None, :1], acts[None, :0], acts[None, None, 0:2])[0, 0],
+                model.rollout(emb[None, :2], acts[None, :1], acts[None, None, 1:3])[0, 0]]
+    for k in (1, 2):
+        error = np.mean([float((pred[t][k - 1] - emb[t + k]).square().sum()) for t in (0, 1)])  # median of two
+        move = np.mean([float((emb[t] - emb[t + k]).square().sum()) for t in (0, 1)])
+        np.testing.assert_allclose(report["horizons"][k - 1]["error"], error, rtol=1e-5)
+        np.testing.assert_allclose(report["horizons"][k - 1]["move"], move, rtol=1e-5)
+    assert {p.name for p in (tmp_path / "run" / "rollout").iterdir()} == {"rollout.json", "rollout.md"}
+
+
+def test_rollout_error_refuses_bad_input(tmp_path):
+    random_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="lasts more than 4 blocks"):
+        rollout_error(tmp_path / "run", write_store(tmp_path / "short.h5", length=21), blocks=4)
+    with pytest.raises(ValueError, match="trained on lewm/TwoRoom-v0 but .* holds lewm/Reacher-v0"):
+        rollout_error(tmp_path / "run", write_store(tmp_path / "reacher.h5", env_id="lewm/Reacher-v0"))
+    with pytest.raises(ValueError, match="blocks"):
+        rollout_error(tmp_path / "run", write_store(tmp_path / "ok.h5"), blocks=0)
 
 
 # -- probes --------------------------------------------------------------------------------------------

@@ -1,0 +1,95 @@
+"""How far ahead the predictor sees: open-loop rollouts along recorded actions.
+
+From a frame of a held-out episode (with the real history before it, as when planning), the model
+imagines k blocks ahead under the actions the episode really took, and the prediction is compared with
+the embedding of the frame k blocks later. Two references put the error in scale: the frame's true
+move (the distance from the start embedding to that later one: the error of predicting "nothing
+changes") and the distance between random frames. A model the planner can trust has an error well
+below the true move at the planning horizon; one near it predicts little of the dynamics, and better
+planning will not fix what the model cannot see.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lewm_agent.checks import check_int
+from lewm_agent.config import RolloutConfig
+
+
+@torch.no_grad()
+def rollout_error(run_dir: str | Path, data: str | Path, out: str | Path | None = None,
+                  blocks: int = RolloutConfig.blocks, episodes: int = RolloutConfig.episodes,
+                  seed: int = RolloutConfig.seed, device: str = RolloutConfig.device) -> dict:
+    """Median squared latent distances, k = 1 .. ``blocks`` blocks ahead, between the open-loop prediction and
+    the encoded frame (``error``), between the start and that frame (``move``), and between random frames
+    (``random_pairs``), over up to ``episodes`` episodes of ``data``. Writes ``rollout.json`` and
+    ``rollout.md`` to ``out`` (default ``RUN/rollout``) and returns the report."""
+    from lewm_agent.data.store import EpisodeStore
+    from lewm_agent.images import resize_images
+    from lewm_agent.runs import Run
+
+    deepest = check_int("blocks", blocks)
+    check_int("episodes", episodes)
+    run = Run(run_dir)
+    model, codec, config = run.load(device=device)
+    c = model.config
+    run_env = config.get("data", {}).get("env_id")
+    horizons = range(1, deepest + 1)
+    errors, moves, embeddings = {k: [] for k in horizons}, {k: [] for k in horizons}, []
+    with EpisodeStore(data) as store:
+        if run_env and store.env_id and store.env_id != run_env:
+            raise ValueError(f"{run_dir} was trained on {run_env} but {data} holds {store.env_id} episodes; "
+                             "roll a run out on data of its own env")
+        usable = [e for e in range(store.num_episodes) if (store.ep_len[e] - 1) // c.action_block > deepest]
+        if not usable:
+            raise ValueError(f"no episode of {data} lasts more than {deepest} blocks of {c.action_block} steps "
+                             f"({deepest * c.action_block + 1} frames); pass a smaller blocks (--blocks)")
+        rng = np.random.default_rng(seed)
+        chosen = sorted(rng.choice(usable, size=min(episodes, len(usable)), replace=False).tolist())
+        for e in chosen:
+            ep = store.episode(e, ["pixels", "action"])
+            n = (len(ep["action"]) - 1) // c.action_block  # whole blocks followed by a frame
+            frames = resize_images(ep["pixels"][: n * c.action_block + 1 : c.action_block], c.image_size)
+            emb = model.encode(frames[None])[0]  # [n + 1, D]
+            acts = codec.encode(ep["action"][: n * c.action_block]).reshape(n, -1).to(emb.device)  # [n, A]
+            embeddings.append(emb.cpu())
+            for t in range(n - deepest):
+                lo = max(0, t - c.history + 1)  # the real history before the start, as when planning
+                pred = model.rollout(emb[None, lo:t + 1], acts[None, lo:t], acts[None, None, t:t + deepest])[0, 0]
+                for k in horizons:
+                    errors[k].append(float((pred[k - 1] - emb[t + k]).square().sum()))
+                    moves[k].append(float((emb[t] - emb[t + k]).square().sum()))
+    pool = torch.cat(embeddings)
+    pairs = torch.as_tensor(rng.integers(len(pool), size=(2, 2000)))
+    random_pairs = float((pool[pairs[0]] - pool[pairs[1]]).square().sum(-1).median())
+    report = {
+        "run_dir": str(run_dir), "data": str(data), "env_id": run_env or store.env_id,
+        "episodes": len(chosen), "starts": len(errors[1]), "frameskip": c.action_block,
+        "random_pairs": random_pairs,
+        "horizons": [{"blocks": k, "env_steps": k * c.action_block, "error": float(np.median(errors[k])),
+                      "move": float(np.median(moves[k])),
+                      "error_over_move": float(np.median(np.array(errors[k]) / np.maximum(moves[k], 1e-12)))}
+                     for k in horizons],
+    }
+    out = Path(out) if out else run.file(Run.ROLLOUT)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rollout.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "rollout.md").write_text(rollout_table(report))
+    return report
+
+
+def rollout_table(report: dict) -> str:
+    lines = [f"Open-loop rollouts of {report['run_dir']} along the recorded actions of {report['episodes']} "
+             f"episodes of {report['data']} ({report['starts']} starts, {report['frameskip']} env steps per "
+             "block). Median squared latent distances; random frames lie "
+             f"{report['random_pairs']:.2f} apart.", "",
+             "| blocks ahead | env steps | prediction error | true move | error / move |", "|---|---|---|---|---|"]
+    for h in report["horizons"]:
+        lines.append(f"| {h['blocks']} | {h['env_steps']} | {h['error']:.2f} | {h['move']:.2f} "
+                     f"| {h['error_over_move']:.2f} |")
+    return "\n".join(lines) + "\n"
