@@ -189,8 +189,10 @@ def compare(
         if _unchanged(report["agents"].get(label), target, loaded[label].describe()):
             continue  # evaluated here already, as it is now
         if label in report["agents"]:
-            print(f"{label} changed since {out / 'results.json'} evaluated it (trained further, or another "
-                  "planner or model): evaluating it again", flush=True)
+            moved = report["agents"][label].get("spec") != target
+            why = f"it is now {target}, not {report['agents'][label].get('spec')}" if moved else \
+                "trained further, or another planner or model"
+            print(f"{label} changed since {out / 'results.json'} evaluated it ({why}): evaluating it again", flush=True)
         timed = _Timed(loaded[label])
         results, frames = run_episodes(timed, make_env, specs, protocol.budget, desc=f"compare {label}",
                                        record=videos, progress=progress)
