@@ -98,7 +98,7 @@ RECIPES: dict[str, dict[str, Recipe]] = {
                 "the joint space. Success needs both joints within 0.05 rad at some step: plans are scored by "
                 "their closest predicted block (goal_cost 'min') and only the first block is executed before "
                 "replanning, which corrects the model's error as the arm closes in (42% -> 88%); one noise "
-                "draw per action block as for TwoRoom (-> 96%).",
+                "draw per action block as for TwoRoom (-> 94%).",
             model_overrides={"embed_dim": 16}, planner="mppi", planner_settings={"block_noise": 1.0},
             agent_settings={"goal_cost": "min", "receding_horizon": 1},
         ),
