@@ -122,10 +122,7 @@ class Planner:
             action_block: env steps per planned step, dividing ``action_dim``: the features of one
                 step are ``action_block`` env actions end to end (CEM's and MPPI's ``block_noise``).
         """
-        problem = self._problem(batch_size, horizon, action_dim, init, low, high, seeds)
-        problem.action_block = check_int("action_block", action_block)
-        if action_dim % problem.action_block:
-            raise ValueError(f"action_block ({action_block}) must divide action_dim ({action_dim})")
+        problem = self._problem(batch_size, horizon, action_dim, init, low, high, seeds, action_block)
         if self.needs_grad:
             with torch.inference_mode(False), torch.enable_grad():
                 return self._solve(cost_fn, problem).detach()
@@ -137,10 +134,13 @@ class Planner:
     def _solve(self, cost_fn: CostFn, problem: Problem) -> Tensor:
         raise NotImplementedError
 
-    def _problem(self, batch_size, horizon, action_dim, init, low, high, seeds) -> Problem:
+    def _problem(self, batch_size, horizon, action_dim, init, low, high, seeds, action_block) -> Problem:
         batch_size = check_int("batch_size", batch_size)
         horizon = check_int("horizon", horizon)
         action_dim = check_int("action_dim", action_dim)
+        action_block = check_int("action_block", action_block)
+        if action_dim % action_block:
+            raise ValueError(f"action_block ({action_block}) must divide action_dim ({action_dim})")
         if init is None:
             device = self.device or torch.device("cpu")
             full = torch.zeros(batch_size, horizon, action_dim, device=device)
@@ -159,7 +159,7 @@ class Planner:
         if low is not None and high is not None and bool((low > high).any()):
             raise ValueError(f"low must be <= high everywhere, got low={low.tolist()} high={high.tolist()}")
         generators = self._generators(seeds, batch_size, full.device)
-        problem = Problem(batch_size, horizon, action_dim, full, low, high, generators)
+        problem = Problem(batch_size, horizon, action_dim, full, low, high, generators, action_block)
         problem.init = problem.clamp(full)  # a warm start outside the bounds starts at the nearest bound
         return problem
 
