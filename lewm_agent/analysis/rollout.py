@@ -58,12 +58,21 @@ def rollout_error(run_dir: str | Path, data: str | Path, out: str | Path | None 
             emb = model.encode(frames[None])[0]  # [n + 1, D]
             acts = codec.encode(ep["action"][: n * c.action_block]).reshape(n, -1).to(emb.device)  # [n, A]
             embeddings.append(emb.cpu())
-            for t in range(n - deepest):
-                lo = max(0, t - c.history + 1)  # the real history before the start, as when planning
-                pred = model.rollout(emb[None, lo:t + 1], acts[None, lo:t], acts[None, None, t:t + deepest])[0, 0]
+            # Each start sees the real history before it, as when planning: up to `history` frames.
+            # Starts with the same history length are rolled out together.
+            starts = np.arange(n - deepest)
+            lengths = np.minimum(starts + 1, c.history)
+            for h in np.unique(lengths):
+                ts = starts[lengths == h]
+                pred = model.rollout(torch.stack([emb[t - h + 1:t + 1] for t in ts]),
+                                     torch.stack([acts[t - h + 1:t] for t in ts]),
+                                     torch.stack([acts[t:t + deepest] for t in ts])[:, None])[:, 0]  # [T, deepest, D]
+                ahead = torch.stack([emb[t + 1:t + deepest + 1] for t in ts])
+                err = (pred - ahead).square().sum(-1)
+                move = (ahead - emb[ts][:, None]).square().sum(-1)
                 for k in horizons:
-                    errors[k].append(float((pred[k - 1] - emb[t + k]).square().sum()))
-                    moves[k].append(float((emb[t] - emb[t + k]).square().sum()))
+                    errors[k] += err[:, k - 1].tolist()
+                    moves[k] += move[:, k - 1].tolist()
     pool = torch.cat(embeddings)
     pairs = torch.as_tensor(rng.integers(len(pool), size=(2, 2000)))
     random_pairs = float((pool[pairs[0]] - pool[pairs[1]]).square().sum(-1).median())
