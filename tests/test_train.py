@@ -72,6 +72,19 @@ def test_run_folder_and_metrics(tmp_path):
     assert "2 epochs" in Run(run).describe()
 
 
+def test_history_one_leaves_straightness_out_of_the_files(tmp_path, capsys):
+    # Two-frame windows have no straightness: its cells stay empty and config.json stays strict JSON.
+    run = train(make_cfg(tmp_path, history=1, epochs=1))
+    with open(run / Run.METRICS) as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["train_straightness"] == rows[0]["val_straightness"] == ""
+    assert np.isfinite(float(rows[0]["val_loss"]))
+    config = json.loads((run / Run.CONFIG).read_text(), parse_constant=lambda c: pytest.fail(f"{c} in config.json"))
+    assert "straightness" not in config["train"]["val_loss"] and config["model"]["history"] == 1
+    said = capsys.readouterr()
+    assert "straightness" not in said.out + said.err and "nan" not in (said.out + said.err).lower()
+
+
 def test_resume_after_interrupt_is_exact(tmp_path, monkeypatch):
     straight = train(make_cfg(tmp_path, out="straight"))
     cfg = make_cfg(tmp_path, out="resumed")

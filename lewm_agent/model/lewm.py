@@ -115,8 +115,10 @@ class LeWM(nn.Module):
             "loss": pred_loss + self.config.sigreg_weight * sigreg_loss,
             "pred_loss": pred_loss,
             "sigreg_loss": sigreg_loss,
-            # Logged, not optimised: the paper's temporal straightness of the window's trajectory.
-            "straightness": straightness_terms(emb.detach().float()).mean(),
+            # Logged, not optimised: the paper's temporal straightness of the window's trajectory
+            # (it needs two velocities: NaN for windows of two frames, history 1).
+            "straightness": straightness_terms(emb.detach().float()).mean() if emb.shape[1] >= 3
+            else emb.new_tensor(float("nan")),
         }
 
     # -- planning ---------------------------------------------------------------------------------

@@ -312,7 +312,7 @@ class Trainer:
             sums += torch.stack([out[k].detach().float() for k in LOSS_KEYS])
             if (i + 1) % 10 == 0 or i + 1 == len(batches):  # .item() syncs the GPU, so not every step
                 means = (sums / (i + 1)).tolist()
-                bar.set_postfix({k: f"{v:.4f}" for k, v in zip(LOSS_KEYS, means)})
+                bar.set_postfix({k: f"{v:.4f}" for k, v in zip(LOSS_KEYS, means) if not math.isnan(v)})
                 if self.tb:
                     for k, v in zip(LOSS_KEYS, means):
                         self.tb.add_scalar(f"train/{k}", v, self.step)
@@ -390,6 +390,10 @@ class Trainer:
     # -- files --------------------------------------------------------------------------------------
 
     def _end_epoch(self, epoch: int, train: dict[str, float], val: dict[str, float] | None) -> None:
+        # A loss term a window cannot define (straightness at history 1) is NaN: leave it out of the
+        # files (an empty metrics cell; config.json stays strict JSON) and of the messages.
+        train = {k: v for k, v in train.items() if not math.isnan(v)}
+        val = val and {k: v for k, v in val.items() if not math.isnan(v)}
         if self.tb and val:
             for k, v in val.items():
                 self.tb.add_scalar(f"val/{k}", v, self.step)
@@ -411,8 +415,8 @@ class Trainer:
                 self._saved_step = self.step
             if val:
                 self._say(f"epoch {epoch}: step {self.step}, train loss {train['loss']:.4f}, "
-                          f"val loss {val['loss']:.4f} (pred {val['pred_loss']:.4f}, sigreg {val['sigreg_loss']:.4f}), "
-                          f"straightness {val['straightness']:.3f}")
+                          f"val loss {val['loss']:.4f} (pred {val['pred_loss']:.4f}, sigreg {val['sigreg_loss']:.4f})"
+                          + (f", straightness {val['straightness']:.3f}" if "straightness" in val else ""))
         distributed.barrier()
 
     def _save_state(self) -> None:
