@@ -70,6 +70,37 @@ def test_rollout_error_is_the_distance_of_the_imagined_to_the_encoded_frames(tmp
         np.testing.assert_allclose(report["horizons"][k - 1]["error"], error, rtol=1e-5)
         np.testing.assert_allclose(report["horizons"][k - 1]["move"], move, rtol=1e-5)
     assert {p.name for p in (tmp_path / "run" / "rollout").iterdir()} == {"rollout.json", "rollout.md"}
+    assert "first_block_by_action" not in report  # continuous actions: no breakdown
+
+
+def test_rollout_error_breaks_one_block_down_by_discrete_action(tmp_path):
+    torch.manual_seed(0)
+    spec = ActionSpec("discrete", 3, None, None)
+    model = LeWM.from_preset("tiny", action_dim=3, action_block=1, **SMALL).eval()
+    for block in model.predictor.blocks:
+        torch.nn.init.normal_(block.adaLN_modulation[1].weight, std=0.1)
+    codec = ActionCodec.fit(spec, np.zeros((10, 1), np.float32))
+    Run(tmp_path / "run").save(model, codec, data={"env_id": "lewm/MiniGrid-MultiRoom-v0", "frameskip": 1,
+                                                  "image_size": 32})
+    rng = np.random.default_rng(2)
+    actions = np.array([0, 2, 2, 1, 2, 0, 1, 2, 2], np.float32)[:, None]
+    pixels = rng.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    with EpisodeWriter(tmp_path / "mg.h5", action_spec=spec, env_id="lewm/MiniGrid-MultiRoom-v0") as w:
+        w.add_episode({"pixels": pixels, "action": actions})
+    report = rollout_error(tmp_path / "run", tmp_path / "mg.h5", blocks=1)
+    with torch.no_grad():
+        emb = model.encode(torch.as_tensor(pixels).permute(0, 3, 1, 2)[None])[0]
+        acts = codec.encode(actions)
+        errors = {}
+        for t in range(report["starts"]):  # each start with its real history, up to 3 frames
+            h = min(t + 1, 3)
+            pred = model.rollout(emb[None, t - h + 1:t + 1], acts[None, t - h + 1:t], acts[None, None, t:t + 1])
+            errors.setdefault(int(actions[t, 0]), []).append(float((pred[0, 0, 0] - emb[t + 1]).square().sum()))
+    rows = report["first_block_by_action"]
+    assert [r["action"] for r in rows] == sorted(errors) and sum(r["starts"] for r in rows) == report["starts"]
+    for r in rows:
+        np.testing.assert_allclose(r["error"], np.median(errors[r["action"]]), rtol=1e-5)
+    assert "by the action taken" in (tmp_path / "run" / "rollout" / "rollout.md").read_text()
 
 
 def test_rollout_error_refuses_bad_input(tmp_path):
@@ -229,3 +260,12 @@ def test_straightness_of_lines_and_zigzags():
     out = model.loss({"pixels": torch.randint(0, 256, (4, 4, 3, 32, 32), dtype=torch.uint8),
                       "action": torch.randn(4, 4, 10)})
     assert -1 <= float(out["straightness"]) <= 1 and not out["straightness"].requires_grad
+
+
+def test_history_one_trains_and_logs_no_straightness():
+    # Windows of two frames have one latent velocity: the loss trains, straightness is NaN.
+    model = LeWM.from_preset("tiny", action_dim=2, **{**SMALL, "history": 1})
+    out = model.loss({"pixels": torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8),
+                      "action": torch.randn(4, 2, 10)})
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and torch.isnan(out["straightness"])

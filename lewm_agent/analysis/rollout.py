@@ -7,6 +7,10 @@ move (the distance from the start embedding to that later one: the error of pred
 changes") and the distance between random frames. A model the planner can trust has an error well
 below the true move at the planning horizon; one near it predicts little of the dynamics, and better
 planning will not fix what the model cannot see.
+
+For discrete actions at one env step per block (MiniGrid's recipe), the one-block error is also
+broken down by the action taken: a model that predicts what "forward" does but not what "turn left"
+does fails in a way the overall median hides.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def rollout_error(run_dir: str | Path, data: str | Path, out: str | Path | None 
     run_env = config.get("data", {}).get("env_id")
     horizons = range(1, deepest + 1)
     errors, moves, embeddings = {k: [] for k in horizons}, {k: [] for k in horizons}, []
+    per_action = codec.spec.kind == "discrete" and c.action_block == 1
+    first = {}  # action index -> ([errors], [moves]) one block ahead
     with EpisodeStore(data) as store:
         if run_env and store.env_id and store.env_id != run_env:
             raise ValueError(f"{run_dir} was trained on {run_env} but {data} holds {store.env_id} episodes; "
@@ -73,6 +79,11 @@ def rollout_error(run_dir: str | Path, data: str | Path, out: str | Path | None 
                 for k in horizons:
                     errors[k] += err[:, k - 1].tolist()
                     moves[k] += move[:, k - 1].tolist()
+                if per_action:
+                    for t, e1, m1 in zip(ts, err[:, 0].tolist(), move[:, 0].tolist()):
+                        kept = first.setdefault(int(ep["action"][t, 0]), ([], []))
+                        kept[0].append(e1)
+                        kept[1].append(m1)
     pool = torch.cat(embeddings)
     pairs = torch.as_tensor(rng.integers(len(pool), size=(2, 2000)))
     random_pairs = float((pool[pairs[0]] - pool[pairs[1]]).square().sum(-1).median())
@@ -80,16 +91,22 @@ def rollout_error(run_dir: str | Path, data: str | Path, out: str | Path | None 
         "run_dir": str(run_dir), "data": str(data), "env_id": run_env or store.env_id,
         "episodes": len(chosen), "starts": len(errors[1]), "frameskip": c.action_block,
         "random_pairs": random_pairs,
-        "horizons": [{"blocks": k, "env_steps": k * c.action_block, "error": float(np.median(errors[k])),
-                      "move": float(np.median(moves[k])),
-                      "error_over_move": float(np.median(np.array(errors[k]) / np.maximum(moves[k], 1e-12)))}
-                     for k in horizons],
+        "horizons": [{"blocks": k, "env_steps": k * c.action_block,
+                      **_summary(errors[k], moves[k])} for k in horizons],
     }
+    if per_action:
+        report["first_block_by_action"] = [{"action": a, "starts": len(errs), **_summary(errs, mvs)}
+                                           for a, (errs, mvs) in sorted(first.items())]
     out = Path(out) if out else run.file(Run.ROLLOUT)
     out.mkdir(parents=True, exist_ok=True)
     (out / "rollout.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "rollout.md").write_text(rollout_table(report))
     return report
+
+
+def _summary(errors: list, moves: list) -> dict:
+    return {"error": float(np.median(errors)), "move": float(np.median(moves)),
+            "error_over_move": float(np.median(np.array(errors) / np.maximum(moves, 1e-12)))}
 
 
 def rollout_table(report: dict) -> str:
@@ -101,4 +118,10 @@ def rollout_table(report: dict) -> str:
     for h in report["horizons"]:
         lines.append(f"| {h['blocks']} | {h['env_steps']} | {h['error']:.2f} | {h['move']:.2f} "
                      f"| {h['error_over_move']:.2f} |")
+    if "first_block_by_action" in report:
+        lines += ["", "One block ahead, by the action taken:", "",
+                  "| action | starts | prediction error | true move | error / move |", "|---|---|---|---|---|"]
+        for a in report["first_block_by_action"]:
+            lines.append(f"| {a['action']} | {a['starts']} | {a['error']:.2f} | {a['move']:.2f} "
+                         f"| {a['error_over_move']:.2f} |")
     return "\n".join(lines) + "\n"
