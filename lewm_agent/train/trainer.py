@@ -122,6 +122,11 @@ def _sigint_deferred():
         raise KeyboardInterrupt
 
 
+def _defined(losses: dict[str, float]) -> dict[str, float]:
+    """``losses`` without a NaN straightness (windows of two frames have none)."""
+    return {k: v for k, v in losses.items() if not (k == "straightness" and math.isnan(v))}
+
+
 class Trainer:
     """Builds everything from a :class:`TrainConfig`, checking all inputs first (nothing is written
     before :meth:`fit`), then trains with :meth:`fit`."""
@@ -312,7 +317,7 @@ class Trainer:
             sums += torch.stack([out[k].detach().float() for k in LOSS_KEYS])
             if (i + 1) % 10 == 0 or i + 1 == len(batches):  # .item() syncs the GPU, so not every step
                 means = (sums / (i + 1)).tolist()
-                bar.set_postfix({k: f"{v:.4f}" for k, v in zip(LOSS_KEYS, means) if not math.isnan(v)})
+                bar.set_postfix({k: f"{v:.4f}" for k, v in _defined(dict(zip(LOSS_KEYS, means))).items()})
                 if self.tb:
                     for k, v in zip(LOSS_KEYS, means):
                         self.tb.add_scalar(f"train/{k}", v, self.step)
@@ -390,10 +395,10 @@ class Trainer:
     # -- files --------------------------------------------------------------------------------------
 
     def _end_epoch(self, epoch: int, train: dict[str, float], val: dict[str, float] | None) -> None:
-        # A loss term a window cannot define (straightness at history 1) is NaN: leave it out of the
-        # files (an empty metrics cell; config.json stays strict JSON) and of the messages.
-        train = {k: v for k, v in train.items() if not math.isnan(v)}
-        val = val and {k: v for k, v in val.items() if not math.isnan(v)}
+        # Straightness is NaN where a window cannot define it (history 1): leave it out of the files
+        # (an empty metrics cell; config.json stays strict JSON) and of the messages. A NaN loss
+        # (divergence) is kept, for the user to see.
+        train, val = _defined(train), val and _defined(val)
         if self.tb and val:
             for k, v in val.items():
                 self.tb.add_scalar(f"val/{k}", v, self.step)
