@@ -46,7 +46,7 @@ def rollout_error(run_dir: str | Path, data: str | Path, out: str | Path | None 
     horizons = range(1, deepest + 1)
     errors, moves, embeddings = {k: [] for k in horizons}, {k: [] for k in horizons}, []
     per_action = codec.spec.kind == "discrete" and c.action_block == 1
-    first = {}  # action index -> ([errors], [moves]) one block ahead
+    first_actions = []  # the action index of every start, beside errors[1] and moves[1]
     with EpisodeStore(data) as store:
         if run_env and store.env_id and store.env_id != run_env:
             raise ValueError(f"{run_dir} was trained on {run_env} but {data} holds {store.env_id} episodes; "
@@ -80,10 +80,7 @@ def rollout_error(run_dir: str | Path, data: str | Path, out: str | Path | None 
                     errors[k] += err[:, k - 1].tolist()
                     moves[k] += move[:, k - 1].tolist()
                 if per_action:
-                    for t, e1, m1 in zip(ts, err[:, 0].tolist(), move[:, 0].tolist()):
-                        kept = first.setdefault(int(ep["action"][t, 0]), ([], []))
-                        kept[0].append(e1)
-                        kept[1].append(m1)
+                    first_actions += ep["action"][ts, 0].astype(int).tolist()
     pool = torch.cat(embeddings)
     pairs = torch.as_tensor(rng.integers(len(pool), size=(2, 2000)))
     random_pairs = float((pool[pairs[0]] - pool[pairs[1]]).square().sum(-1).median())
@@ -95,8 +92,10 @@ def rollout_error(run_dir: str | Path, data: str | Path, out: str | Path | None 
                       **_summary(errors[k], moves[k])} for k in horizons],
     }
     if per_action:
-        report["first_block_by_action"] = [{"action": a, "starts": len(errs), **_summary(errs, mvs)}
-                                           for a, (errs, mvs) in sorted(first.items())]
+        taken, err1, move1 = np.array(first_actions), np.array(errors[1]), np.array(moves[1])
+        report["first_block_by_action"] = [
+            {"action": int(a), "starts": int((taken == a).sum()), **_summary(err1[taken == a], move1[taken == a])}
+            for a in np.unique(taken)]
     out = Path(out) if out else run.file(Run.ROLLOUT)
     out.mkdir(parents=True, exist_ok=True)
     (out / "rollout.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -104,7 +103,7 @@ def rollout_error(run_dir: str | Path, data: str | Path, out: str | Path | None 
     return report
 
 
-def _summary(errors: list, moves: list) -> dict:
+def _summary(errors, moves) -> dict:
     return {"error": float(np.median(errors)), "move": float(np.median(moves)),
             "error_over_move": float(np.median(np.array(errors) / np.maximum(moves, 1e-12)))}
 
