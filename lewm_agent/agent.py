@@ -142,7 +142,7 @@ class LeWMAgent(Agent):
     ):
         """Load a run folder written by ``lewm train`` or ``lewm import``.
 
-        ``planner`` is a planner name (``cem``, ``mppi``, ``gradient``, ``categorical_cem``) or object;
+        ``planner`` is a planner name (``cem``, ``mppi``, ``gradient``, ``categorical_cem``, ``beam``) or object;
         by default the run's planner section, else CEM with the paper's settings (categorical CEM for
         discrete actions). ``planner_overrides`` adjust its settings (e.g. ``num_samples=100``) and
         may also set ``horizon`` and ``receding_horizon`` (default: the run's agent section, else
@@ -303,12 +303,30 @@ class LeWMAgent(Agent):
         goal = torch.stack([m.goal_emb for m in mems])
 
         rollout = self.model.rollout_with_grad if self.planner.needs_grad else self.model.rollout
+        last = {}
+
+        def imagine(candidates: torch.Tensor) -> torch.Tensor:
+            # A planner that merges states asks for the states and the costs of the same candidates.
+            if last.get("candidates") is not candidates or not self.planner.needs_states:
+                last["candidates"] = candidates
+                last["predicted"] = rollout(emb_hist, act_hist, candidates, self.precision)  # [B, S, H, D]
+            return last["predicted"]
 
         def cost(candidates: torch.Tensor) -> torch.Tensor:
-            predicted = rollout(emb_hist, act_hist, candidates, self.precision)  # [B, S, H, D]
+            predicted = imagine(candidates)
             if self.goal_cost == "terminal":
                 return (predicted[:, :, -1] - goal[:, None]).square().sum(-1)
             return (predicted - goal[:, None, None]).square().sum(-1).amin(-1)
+
+        def state(candidates: torch.Tensor) -> torch.Tensor:
+            # What the predictor will see after the plan: its last `history` embeddings and the
+            # actions between them; plans that end alike have the same future.
+            b, s = candidates.shape[:2]
+            embs = torch.cat([emb_hist[:, None].expand(b, s, -1, -1), imagine(candidates)], dim=2)
+            acts = torch.cat([act_hist[:, None].expand(b, s, -1, -1), candidates], dim=2)  # between embs
+            embs = embs[:, :, -self.model.config.history :]
+            acts = acts[:, :, acts.shape[2] - (embs.shape[2] - 1) :]
+            return torch.cat([embs.flatten(2), acts.flatten(2)], dim=-1)
 
         init = None
         if all(m.warm_start is not None for m in mems):
@@ -317,7 +335,7 @@ class LeWMAgent(Agent):
             cost, len(mems), self.horizon, act_dim, init=init, low=self._low, high=self._high,
             # Fresh noise for every replan, yet a row's plan does not depend on which others it is batched with.
             seeds=[hash((self._seed, r, m.plans)) & 0x7FFFFFFF for m, r in zip(mems, rows)],
-            action_block=self.model.config.action_block,
+            action_block=self.model.config.action_block, state_fn=state,
         ).cpu()
         step_dim = self.model.config.action_dim
         for mem, p in zip(mems, plan):

@@ -191,7 +191,7 @@ class EvalConfig:
     data: str | None = option(None, "held-out episode store (dataset protocol); omit for env goals")
     out: str | None = option(None, "output folder (default RUN/eval)")
     env: str | None = option(None, "env id (default: the one the model was trained on)")
-    planner: str | None = option(None, "cem | mppi | gradient | categorical_cem (default: the run's)")
+    planner: str | None = option(None, "cem | mppi | gradient | categorical_cem | beam (default: the run's)")
     samples: int | None = option(None, "planner samples per iteration (default: the planner's)")
     iterations: int | None = option(None, "planner iterations (default: the planner's)")
     block_noise: float | None = option(None, "cem / mppi: share of the sampling noise common to the env steps of "
@@ -326,6 +326,6 @@ class CompareConfig:
     out: str = option(MISSING, "output folder (agents already in its results.json are not re-run)")
     data: str | None = option(None, "held-out episode store (dataset protocol); omit for env goals")
     env: str | None = option(None, "env id (default: the one the agents were trained on)")
-    planner: str | None = option(None, "LeWM planner: cem | mppi | gradient | categorical_cem (default: the run's)")
+    planner: str | None = option(None, "LeWM planner: cem | mppi | gradient | categorical_cem | beam (default: the run's)")
     videos: int = option(3, "episodes recorded, side by side over the agents")
     device: str = option("auto", "auto (cuda, mps, cpu) or a torch device")

@@ -9,6 +9,8 @@ Each env has two sizes:
 * ``paper``: the official setup for a GPU: the ``paper`` preset (ViT-Tiny/14 at 224 px, 192-d
   latent), the official data sizes, batch 128, lr 5e-5, 10 epochs, CEM 300 x 30.
 
+The cpu MiniGrid recipe plans with beam search (discrete actions; the paper has no such env).
+
 Evaluation is the paper's protocol everywhere (:class:`lewm_agent.config.Protocol`: 50 start/goal
 pairs of held-out episodes, goal 25 steps ahead, 50-step budget, seed 42).
 """
@@ -115,9 +117,12 @@ RECIPES: dict[str, dict[str, Recipe]] = {
                 "(18% -> 36%); 12 steps planned, 6 executed, plans scored by their closest step (-> 44%). "
                 "A frame shows the whole state, so the predictor sees one (history 1), which halves the step "
                 "time; with the 64-d latent of `tiny` and 5,000 steps it learns what a turn does, where the "
-                "16-d, 2,500-step model predicted both turns alike.",
+                "16-d, 2,500-step model predicted both turns alike (-> 82%). Beam search instead of categorical "
+                "CEM: the latent distance to the goal frame is flat beyond a step or two, so CEM's samples rarely "
+                "hit a goal-reaching sequence, while a beam that merges plans ending in the same predicted state "
+                "keeps up to 256 distinct states per step, nearly all 272 of the grid (-> 100%, 4x faster).",
             env_kwargs={"show_goal": False}, policy="expert:0.5", steps=5000, history=1,
-            frameskip=1, planner="categorical_cem",
+            frameskip=1, planner="beam",
             agent_settings={"horizon": 12, "receding_horizon": 6, "goal_cost": "min"},
         ),
         "paper": Recipe("lewm/MiniGrid-MultiRoom-v0", why="No official MiniGrid setup: the paper's sizes.",

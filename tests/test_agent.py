@@ -101,6 +101,30 @@ def test_discrete_actions_use_categorical_cem(tmp_path):
     assert action.dtype.kind == "i" and 0 <= int(action) < 3
 
 
+def test_beam_search_merges_on_the_predictors_whole_context(tmp_path):
+    run = make_run(tmp_path, ActionSpec("discrete", 3))
+    agent = LeWMAgent.load(run, device="cpu", planner="beam", width=4, horizon=2, receding_horizon=1)
+    key_sizes, plan = [], agent.planner.plan
+
+    def spy(cost_fn, *args, state_fn=None, **kwargs):
+        def states(candidates):
+            out = state_fn(candidates)
+            key_sizes.append(out.shape[-1])
+            return out
+
+        return plan(cost_fn, *args, state_fn=states, **kwargs)
+
+    agent.planner.plan = spy
+    cfg = agent.model.config
+    rng = np.random.default_rng(0)
+    for _ in range(cfg.history + 1):
+        obs = {"pixels": rng.integers(0, 256, (64, 64, 3), np.uint8), "goal": np.zeros((64, 64, 3), np.uint8)}
+        action = agent.act(obs)
+        assert action.dtype.kind == "i" and 0 <= int(action) < 3
+    # Once the history is full, a state is the last `history` embeddings and the actions between them.
+    assert cfg.history > 1 and key_sizes[-1] == cfg.history * cfg.embed_dim + (cfg.history - 1) * cfg.action_block_dim
+
+
 def test_set_goal_for_envs_without_goal_images(run_dir):
     agent = LeWMAgent.load(run_dir, device="cpu", **FAST_PLANNER)
     obs = {"pixels": np.zeros((48, 48, 3), np.uint8)}  # any size: resized to the model's

@@ -15,7 +15,8 @@ from lewm_agent.recipes import RECIPES, SIZES, get_recipe
 
 TINY_PLANNER = {"cem": {"num_samples": 8, "iterations": 2, "topk": 2},
                 "mppi": {"num_samples": 8, "iterations": 2, "topk": 2},
-                "categorical_cem": {"num_samples": 8, "iterations": 2, "topk": 2}}
+                "categorical_cem": {"num_samples": 8, "iterations": 2, "topk": 2},
+                "beam": {"width": 4}}
 TINY_PROTOCOL = Protocol(episodes=2, goal_offset=5, budget=5)
 
 

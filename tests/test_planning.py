@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lewm_agent.planning import CEM, MPPI, CategoricalCEM, GradientPlanner, Planner, make_planner
+from lewm_agent.planning import CEM, MPPI, BeamSearch, CategoricalCEM, GradientPlanner, Planner, make_planner
 
 H, A = 3, 2
 TARGET = torch.tensor([[0.5, -0.3], [1.2, 0.0], [-0.8, 0.4]])  # [H, A], inside [-1.5, 1.5]
@@ -187,6 +187,65 @@ def test_categorical_candidate0_is_mode_and_warm_start():
     assert set(candidates.unique().tolist()) <= {0.0, 1.0} and (candidates.sum(-1) == 1).all()
 
 
+# A walk on the integers: actions move -1, 0 or +1 per env step, from 0.
+STEPS = torch.tensor([-1.0, 0.0, 1.0])
+
+
+def walk_positions(candidates):
+    """``[B, S, h, block * 3]`` one-hot plans -> the position after every planned step ``[B, S, h]``."""
+    return (candidates.unflatten(-1, (-1, 3)) * STEPS).sum(dim=(-1, -2)).cumsum(dim=-1)
+
+
+def needle(target: float):
+    """Cost 0 when the walk passes through ``target`` at some step, else 1: no hint of where it is."""
+    return lambda c: 1.0 - (walk_positions(c) == target).any(dim=-1).float()
+
+
+def walk_end(candidates):
+    return walk_positions(candidates)[..., -1:]  # the state a plan ends in: its last position
+
+
+def test_beam_finds_a_needle_that_no_cost_points_to():
+    plan = BeamSearch(n_actions=3).plan(needle(5.0), 2, 6, 3, state_fn=walk_end)
+    assert (needle(5.0)(plan[:, None]) == 0).all()
+    # Two env steps per planned step: all nine blocks are tried, so +6 is reached in three steps.
+    plan = BeamSearch(n_actions=3).plan(needle(6.0), 1, 3, 6, action_block=2, state_fn=walk_end)
+    assert walk_positions(plan[:, None])[0, 0].tolist() == [2.0, 4.0, 6.0]
+
+
+def test_beam_keeps_one_plan_per_state_and_at_most_width():
+    cost = recording(needle(100.0))  # unreachable: every plan costs the same
+    BeamSearch(n_actions=3, merge=1e-6).plan(cost, 1, 4, 3, state_fn=walk_end)
+    # After d steps the walk ends in one of 2d + 1 positions; each is extended by the 3 moves.
+    assert [x.shape[1] for x, _ in cost.calls] == [3, 9, 15, 21]
+    cost = recording(needle(100.0))
+    BeamSearch(n_actions=3, width=4, merge=1e-6).plan(cost, 1, 4, 3, state_fn=walk_end)
+    assert [x.shape[1] for x, _ in cost.calls] == [3, 9, 12, 12]
+
+
+def test_beam_merges_states_closer_than_merge_times_the_spread():
+    def noisy_end(c):  # the predicted position drifts a little with the path, as a model's does
+        path_number = (c.argmax(dim=-1) * 3 ** torch.arange(c.shape[2])).sum(dim=-1, keepdim=True)
+        return walk_end(c) + 1e-3 * path_number
+
+    for merge, expected in [(1e-9, [3, 9, 27]), (0.05, [3, 9, 15])]:
+        cost = recording(needle(100.0))
+        BeamSearch(n_actions=3, merge=merge).plan(cost, 1, 3, 3, state_fn=noisy_end)
+        assert [x.shape[1] for x, _ in cost.calls] == expected, merge
+
+
+def test_beam_rows_are_independent_and_it_needs_state_fn():
+    cost = lambda c: (walk_positions(c)[..., -1] - torch.tensor([[3.0], [-2.0]])) ** 2  # noqa: E731
+    plan = BeamSearch(n_actions=3).plan(cost, 2, 3, 3, state_fn=walk_end)
+    assert walk_positions(plan[:, None])[:, 0, -1].tolist() == [3.0, -2.0]
+    with pytest.raises(ValueError, match="state_fn"):
+        BeamSearch(n_actions=3).plan(cost, 2, 3, 3)
+    with pytest.raises(ValueError, match="width"):
+        BeamSearch(n_actions=3, width=0)
+    with pytest.raises(ValueError, match="merge"):
+        BeamSearch(n_actions=3, merge=0)
+
+
 def test_toy_latent_dynamics_all_planners_reach_goal():
     """x_{t+1} = x_t + a_t from x_0; only the distance of x_H to the goal counts (like LeWM's cost)."""
     x0, goal = torch.tensor([0.5, -0.5]), torch.tensor([2.0, 1.5])
@@ -229,7 +288,8 @@ def test_output_is_a_plain_tensor_on_inits_dtype():
 
 
 def test_settings_round_trip_through_make_planner():
-    planners = [CEM(topk=10), MPPI(temperature=2.0), GradientPlanner(lr=0.5), CategoricalCEM(n_actions=5)]
+    planners = [CEM(topk=10), MPPI(temperature=2.0), GradientPlanner(lr=0.5), CategoricalCEM(n_actions=5),
+                BeamSearch(n_actions=3, width=9)]
     for planner in planners:
         rebuilt = make_planner(planner.name, **planner.settings)
         assert type(rebuilt) is type(planner) and rebuilt.settings == planner.settings

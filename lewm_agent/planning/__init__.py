@@ -9,7 +9,8 @@ action_dim]) -> costs[B, S]`` (lower is better) works in the model's normalised 
     plan = planner.plan(cost_fn, batch_size=1, horizon=5, action_dim=10)
 """
 
-from .base import CostFn, Planner
+from .base import CostFn, Planner, StateFn
+from .beam import BeamSearch
 from .categorical_cem import CategoricalCEM
 from .cem import CEM
 from .factory import PLANNERS, make_planner
@@ -21,8 +22,10 @@ __all__ = [
     "MPPI",
     "GradientPlanner",
     "CategoricalCEM",
+    "BeamSearch",
     "Planner",
     "CostFn",
+    "StateFn",
     "PLANNERS",
     "make_planner",
 ]

@@ -25,6 +25,10 @@ from lewm_agent.checks import check_int
 CostFn = Callable[[Tensor], Tensor]
 """``cost_fn(candidates[B, S, horizon, action_dim]) -> costs[B, S]``, lower is better."""
 
+StateFn = Callable[[Tensor], Tensor]
+"""``state_fn(candidates[B, S, h, action_dim]) -> states[B, S, K]``: what each plan ends in, for
+planners that merge plans reaching the same state (:class:`~lewm_agent.planning.BeamSearch`)."""
+
 
 @dataclass
 class Problem:
@@ -38,6 +42,7 @@ class Problem:
     high: Tensor | None  # [action_dim]
     generators: list[torch.Generator]  # one per row, or a single one shared by the batch
     action_block: int = 1  # env steps per planned step: action_dim = action_block * one env step's features
+    state_fn: StateFn | None = None  # only planners with needs_states use it
 
     @property
     def device(self) -> torch.device:
@@ -77,6 +82,8 @@ class Planner:
     discrete: bool = False
     #: Sampling planners run under ``torch.inference_mode``; the gradient planner needs autograd.
     needs_grad: bool = False
+    #: Planners that merge plans ending in the same state need ``state_fn`` in ``plan``.
+    needs_states: bool = False
 
     def __init__(self, seed: int = 0, device: str | torch.device | None = None):
         self.seed = check_int("seed", seed, minimum=None)
@@ -106,6 +113,7 @@ class Planner:
         high: Tensor | None = None,
         seeds: Sequence[int] | None = None,
         action_block: int = 1,
+        state_fn: StateFn | None = None,
     ) -> Tensor:
         """Minimise ``cost_fn`` and return the plans, ``[batch_size, horizon, action_dim]``.
 
@@ -121,8 +129,11 @@ class Planner:
             seeds: one int per row; row i then equals a single plan with ``seeds=[seeds[i]]``.
             action_block: env steps per planned step, dividing ``action_dim``: the features of one
                 step are ``action_block`` env actions end to end (CEM's and MPPI's ``block_noise``).
+            state_fn: ``candidates[B, S, h, action_dim] -> [B, S, K]``, the state each plan ends in; only
+                planners with ``needs_states`` use it (see :data:`StateFn`).
         """
         problem = self._problem(batch_size, horizon, action_dim, init, low, high, seeds, action_block)
+        problem.state_fn = state_fn
         if self.needs_grad:
             with torch.inference_mode(False), torch.enable_grad():
                 return self._solve(cost_fn, problem).detach()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 from .base import Planner
+from .beam import BeamSearch
 from .categorical_cem import CategoricalCEM
 from .cem import CEM
 from .gradient import GradientPlanner
@@ -16,13 +17,15 @@ PLANNERS: dict[str, type[Planner]] = {
     "gradient": GradientPlanner,
     "adam": GradientPlanner,  # the paper calls its gradient solver "Adam"
     "categorical_cem": CategoricalCEM,
+    "beam": BeamSearch,
 }
 
 
 def make_planner(name: str, **overrides) -> Planner:
     """The planner called ``name`` with its defaults, updated by ``overrides``.
 
-    Names: "cem", "mppi", "gradient" (alias "adam"), "categorical_cem" (which needs ``n_actions``).
+    Names: "cem", "mppi", "gradient" (alias "adam"); for discrete actions "categorical_cem" and "beam"
+    (which need ``n_actions``).
     Raises ValueError for an unknown name, an unknown setting or an invalid value, before any work.
     """
     if name not in PLANNERS:
