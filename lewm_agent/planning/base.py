@@ -52,6 +52,16 @@ class Problem:
     def dtype(self) -> torch.dtype:
         return self.init.dtype
 
+    def check_one_hot(self, n_actions: int, planner: str) -> None:
+        """Raise unless the features are one-hot blocks of ``n_actions`` and there are no bounds."""
+        if self.action_dim % n_actions:
+            raise ValueError(
+                f"action_dim ({self.action_dim}) must be a multiple of n_actions ({n_actions}): one one-hot "
+                "vector per env step of the action block"
+            )
+        if self.low is not None or self.high is not None:
+            raise ValueError(f"{planner} plans one-hot actions; pass low=None and high=None")
+
     def clamp(self, x: Tensor) -> Tensor:
         """``x[..., action_dim]`` clamped to the bounds (unchanged when there are none)."""
         if self.low is None and self.high is None:

@@ -61,13 +61,7 @@ class BeamSearch(Planner):
 
     def _solve(self, cost_fn: CostFn, p: Problem) -> Tensor:
         n = self.n_actions
-        if p.action_dim % n:
-            raise ValueError(
-                f"action_dim ({p.action_dim}) must be a multiple of n_actions ({n}): one one-hot "
-                "vector per env step of the action block"
-            )
-        if p.low is not None or p.high is not None:
-            raise ValueError("BeamSearch plans one-hot actions; pass low=None and high=None")
+        p.check_one_hot(n, "BeamSearch")
         if p.state_fn is None:
             raise ValueError("BeamSearch needs state_fn in plan(): the predicted state each candidate ends in")
         # Every choice of one planned step: all n**block combinations of the block's env actions.

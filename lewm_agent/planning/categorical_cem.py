@@ -61,13 +61,7 @@ class CategoricalCEM(Planner):
 
     def _solve(self, cost_fn: CostFn, p: Problem) -> Tensor:
         n = self.n_actions
-        if p.action_dim % n:
-            raise ValueError(
-                f"action_dim ({p.action_dim}) must be a multiple of n_actions ({n}): one one-hot "
-                "vector per env step of the action block"
-            )
-        if p.low is not None or p.high is not None:
-            raise ValueError("CategoricalCEM plans one-hot actions; pass low=None and high=None")
+        p.check_one_hot(n, "CategoricalCEM")
         shape = (p.batch_size, p.horizon, p.action_dim // n, n)
         probs = self._initial_probs(p.init.reshape(shape))
         for _ in range(self.iterations):
